@@ -39,10 +39,11 @@ expect() {	# expect DESCRIPTION PACKAGE ENV... -- CONFIGURE-ARGS...
 	fi
 }
 
-echo "1..6"
+echo "1..7"
 expect "missing libpq" libpq-dev PKG_CONFIG_LIBDIR="$(pc_dir_without libpq)" --
 expect "missing OpenSSL" libssl-dev PKG_CONFIG_LIBDIR="$(pc_dir_without libcrypto)" --
 expect "missing GMime 3" libgmime-3.0-dev PKG_CONFIG_LIBDIR="$(pc_dir_without gmime-3.0)" --
+expect "missing jansson" libjansson-dev PKG_CONFIG_LIBDIR="$(pc_dir_without jansson)" --
 expect "missing libmilter" libmilter-dev ac_cv_header_libmilter_mfapi_h=no --
 expect "missing Dovecot" dovecot-dev X=1 -- --with-dovecot="$work/no-dovecot"
 expect "missing Pigeonhole" dovecot-sieve X=1 -- --with-pigeonhole="$work/no-sieve"

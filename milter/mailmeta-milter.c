@@ -1,0 +1,353 @@
+/*
+ * mailmeta-milter.c - the daemon: a small supervisor and one filter process.
+ *
+ * libmilter owns SIGHUP, SIGTERM and SIGINT inside the process that runs
+ * smfi_main() (SIGHUP would stop it), so the signals an administrator sends
+ * go to a supervisor instead, which stays root, writes the pid file and
+ * does nothing else:
+ *   SIGHUP   the new configuration is checked here; only a valid one is
+ *            passed on (over a pipe) and the filter swaps it in;
+ *   SIGTERM  forwarded: the filter stops listening, lets the messages in
+ *            progress finish, flushes its writers and exits;
+ *   filter crash  logged and the filter restarted after a second.
+ * The filter process drops to the configured user before it opens the
+ * milter socket, the journal or the database.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <libmilter/mfapi.h>
+
+#include "mm-config.h"
+#include "mm-extract.h"
+#include "mm-journal.h"
+#include "mm-log.h"
+#include "mm-milter.h"
+#include "mm-writer.h"
+
+#ifndef MM_DEFAULT_CONFIG
+#define MM_DEFAULT_CONFIG "/etc/mailmeta/mailmeta-milter.conf"
+#endif
+
+#define DRAIN_SECONDS 30
+
+static const char *config_path = MM_DEFAULT_CONFIG;
+static struct mm_journal *journal;
+static struct mm_writer *writer;
+
+static void
+usage(FILE *out)
+{
+	fprintf(out,
+		"usage: mailmeta-milter [-c FILE] [-f] [-t] [-v]\n"
+		"  -c FILE  configuration (default %s)\n"
+		"  -f       stay in the foreground and log to standard error\n"
+		"  -t       check the configuration and exit\n"
+		"  -v       verbose logging\n", MM_DEFAULT_CONFIG);
+}
+
+static struct mm_config *
+load_config_or_die(void)
+{
+	char *err = NULL;
+	struct mm_config *cfg = mm_config_load(config_path, &err);
+
+	if (cfg == NULL)
+		mm_fatal("%s", err);
+	return cfg;
+}
+
+/* ------------------------------------------------------------ filter */
+
+static int
+lookup_ids(const char *user, const char *group, uid_t *uid, gid_t *gid)
+{
+	struct passwd *pw = getpwnam(user);
+	char *end;
+
+	if (pw) {
+		*uid = pw->pw_uid;
+		*gid = pw->pw_gid;
+	} else {
+		*uid = (uid_t)strtoul(user, &end, 10);
+		if (*user == '\0' || *end != '\0')
+			return -1;
+		*gid = (gid_t)*uid;
+	}
+	if (group) {
+		struct group *gr = getgrnam(group);
+
+		if (gr)
+			*gid = gr->gr_gid;
+		else {
+			*gid = (gid_t)strtoul(group, &end, 10);
+			if (*group == '\0' || *end != '\0')
+				return -1;
+		}
+	}
+	return 0;
+}
+
+static void
+drop_privileges(const struct mm_config *cfg)
+{
+	uid_t uid;
+	gid_t gid;
+
+	if (geteuid() != 0)
+		return;
+	if (lookup_ids(cfg->user, cfg->group, &uid, &gid) != 0)
+		mm_fatal("unknown user or group: %s%s%s", cfg->user,
+			 cfg->group ? ":" : "", cfg->group ? cfg->group : "");
+	if (uid == 0)
+		mm_fatal("refusing to run as root: set [milter] user");
+	if (setgroups(1, &gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0)
+		mm_fatal("cannot drop privileges to %s: %s", cfg->user, strerror(errno));
+}
+
+static enum mm_write_result
+replay_one(const char *doc, void *ctx)
+{
+	(void)ctx;
+	return mm_writer_record(writer, doc, 30000);
+}
+
+static void *
+replay_loop(void *arg)
+{
+	unsigned interval = *(unsigned *)arg;
+
+	for (;;) {
+		mm_journal_replay(journal, replay_one, NULL);
+		sleep(interval);
+	}
+	return NULL;
+}
+
+struct control {
+	int fd;
+};
+
+/* Reads reload requests from the supervisor. */
+static void *
+control_loop(void *arg)
+{
+	struct control *ctl = arg;
+	char cmd;
+
+	while (read(ctl->fd, &cmd, 1) == 1) {
+		char *err = NULL;
+		struct mm_config *cfg = mm_config_load(config_path, &err);
+
+		if (cfg == NULL) {
+			mm_error("reload: %s; keeping the old configuration", err);
+			free(err);
+			continue;
+		}
+		mm_writer_set_conninfo(writer, cfg->conninfo);
+		mm_milter_set_config(cfg);
+		mm_info("configuration reloaded from %s", config_path);
+	}
+	return NULL;
+}
+
+static void
+start_thread(void *(*fn)(void *), void *arg)
+{
+	pthread_t t;
+	int err = pthread_create(&t, NULL, fn, arg);
+
+	if (err != 0)
+		mm_fatal("cannot start a thread: %s", strerror(err));
+	pthread_detach(t);
+}
+
+static void
+drain(void)
+{
+	for (int i = 0; i < DRAIN_SECONDS * 10 && mm_milter_active_messages() > 0; i++)
+		usleep(100000);
+	if (mm_milter_active_messages() > 0)
+		mm_warn("stopping with %u message(s) unfinished; Postfix will retry them",
+			mm_milter_active_messages());
+}
+
+static _Noreturn void
+run_filter(struct mm_config *cfg, int control_fd)
+{
+	static struct control ctl;
+	static unsigned replay_interval;
+	char *err = NULL;
+
+	umask(0007);
+	drop_privileges(cfg);
+	if ((journal = mm_journal_open(cfg->journal_dir, &err)) == NULL)
+		mm_fatal("%s", err);
+	mm_extract_library_init();
+	writer = mm_writer_start(cfg->conninfo, cfg->pool_size, cfg->batch_size);
+	replay_interval = cfg->replay_interval;
+	if (smfi_setconn(cfg->socket) != MI_SUCCESS ||
+	    smfi_settimeout((int)cfg->milter_timeout) != MI_SUCCESS ||
+	    mm_milter_register(writer, journal) != 0 ||
+	    smfi_opensocket(true) != MI_SUCCESS)
+		mm_fatal("cannot listen on %s", cfg->socket);
+	mm_info("listening on %s", cfg->socket);
+	mm_milter_set_config(cfg);
+	ctl.fd = control_fd;
+	start_thread(control_loop, &ctl);
+	start_thread(replay_loop, &replay_interval);
+
+	smfi_main();
+
+	mm_info("stopping: draining messages in progress");
+	drain();
+	mm_writer_stop(&writer);
+	mm_info("stopped");
+	_exit(0);
+}
+
+/* -------------------------------------------------------- supervisor */
+
+static pid_t
+spawn_filter(int *control_fd)
+{
+	int fds[2];
+	pid_t pid;
+
+	if (pipe2(fds, O_CLOEXEC) != 0)
+		mm_fatal("pipe: %s", strerror(errno));
+	pid = fork();
+	if (pid < 0)
+		mm_fatal("fork: %s", strerror(errno));
+	if (pid == 0) {
+		sigset_t none;
+
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		close(fds[1]);
+		run_filter(load_config_or_die(), fds[0]);
+	}
+	close(fds[0]);
+	*control_fd = fds[1];
+	return pid;
+}
+
+static void
+write_pidfile(const char *path)
+{
+	FILE *f;
+
+	if (path == NULL)
+		return;
+	if ((f = fopen(path, "we")) == NULL)
+		mm_fatal("cannot write pid file %s: %s", path, strerror(errno));
+	fprintf(f, "%ld\n", (long)getpid());
+	fclose(f);
+}
+
+static void
+reload(int control_fd)
+{
+	char *err = NULL;
+	struct mm_config *cfg = mm_config_load(config_path, &err);
+
+	if (cfg == NULL) {
+		mm_error("SIGHUP: %s; keeping the old configuration", err);
+		free(err);
+		return;
+	}
+	mm_config_free(&cfg);
+	if (write(control_fd, "r", 1) != 1)
+		mm_error("SIGHUP: cannot reach the filter process: %s", strerror(errno));
+}
+
+static int
+supervise(const char *pidfile)
+{
+	sigset_t set;
+	int sig, control_fd, status;
+	pid_t child;
+	bool stopping = false;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	write_pidfile(pidfile);
+	child = spawn_filter(&control_fd);
+
+	for (;;) {
+		if (sigwait(&set, &sig) != 0)
+			continue;
+		if (sig == SIGHUP && !stopping) {
+			reload(control_fd);
+		} else if (sig == SIGTERM || sig == SIGINT) {
+			stopping = true;
+			kill(child, SIGTERM);
+		} else if (sig == SIGCHLD) {
+			if (waitpid(child, &status, WNOHANG) != child)
+				continue;
+			close(control_fd);
+			if (stopping)
+				break;
+			mm_error("filter process %ld ended unexpectedly (status %d); restarting",
+				 (long)child, status);
+			sleep(1);
+			child = spawn_filter(&control_fd);
+		}
+	}
+	if (pidfile)
+		unlink(pidfile);
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	bool foreground = false, test_only = false, verbose = false;
+	struct mm_config *cfg;
+	int opt;
+
+	while ((opt = getopt(argc, argv, "c:fhtv")) != -1) {
+		switch (opt) {
+		case 'c': config_path = optarg; break;
+		case 'f': foreground = true; break;
+		case 't': test_only = true; break;
+		case 'v': verbose = true; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	mm_log_open("mailmeta-milter", "mail", foreground || test_only);
+	mm_log_set_verbose(verbose);
+	cfg = load_config_or_die();
+	if (test_only) {
+		printf("%s: configuration is valid\n", config_path);
+		mm_config_free(&cfg);
+		return 0;
+	}
+	if (!foreground) {
+		mm_log_open("mailmeta-milter", cfg->syslog_facility, false);
+		if (daemon(0, 0) != 0)
+			mm_fatal("cannot become a daemon: %s", strerror(errno));
+	}
+	char *pidfile = cfg->pidfile ? strdup(cfg->pidfile) : NULL;
+
+	mm_config_free(&cfg);
+	return supervise(pidfile);
+}

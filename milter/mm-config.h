@@ -1,0 +1,54 @@
+/*
+ * mm-config.h - mailmeta-milter.conf(5): reading and validating settings.
+ *
+ * The file is an INI-style key file (GLib's GKeyFile, already linked through
+ * GMime).  A bad value is an error that names the key, never a silent
+ * default: at start-up it stops the daemon, on reload the old settings stay.
+ */
+#ifndef MM_CONFIG_H
+#define MM_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+enum mm_on_failure {
+	MM_ON_FAILURE_JOURNAL,	/* accept, keep the record in the journal */
+	MM_ON_FAILURE_TEMPFAIL,	/* answer 451: the client retries later */
+};
+
+struct mm_config {
+	/* [milter] */
+	char *socket;			/* libmilter spec: unix:/path or inet:port@host */
+	char *user;			/* run as; name or uid */
+	char *group;			/* optional; name or gid */
+	char *pidfile;
+	char *syslog_facility;
+	unsigned milter_timeout;	/* seconds Postfix may be silent */
+	char **local_transports;	/* {rcpt_mailer} values meaning "local" */
+
+	/* [database] */
+	char *conninfo;
+	unsigned pool_size;		/* connections, each with a writer thread */
+	unsigned batch_size;		/* records per round trip */
+	unsigned commit_timeout_ms;	/* then journal (or tempfail) */
+	enum mm_on_failure on_failure;
+
+	/* [journal] */
+	char *journal_dir;
+	unsigned replay_interval;	/* seconds between attempts */
+
+	/* [message] */
+	size_t memory_bytes;		/* per message, then spool to tmpdir */
+	size_t max_message_bytes;	/* parse no further (0: no limit) */
+	unsigned max_depth;
+	unsigned max_parts;
+	char *tmpdir;
+};
+
+/* Returns NULL and fills ERR (caller frees) when PATH is unreadable or a
+ * value is invalid. */
+struct mm_config *mm_config_load(const char *path, char **err);
+void mm_config_free(struct mm_config **cfg);
+bool mm_config_is_local_transport(const struct mm_config *cfg, const char *mailer);
+
+#endif

@@ -1,0 +1,349 @@
+/*
+ * mm-milter.c - libmilter callbacks of mailmeta-milter.
+ *
+ * Thin on purpose: each callback copies what Postfix says into the
+ * connection's mm_session / mm_message and returns.  The work happens at
+ * end-of-message: the document is committed to PostgreSQL (or, when that
+ * does not succeed in time, appended to the journal) before Postfix gets
+ * its answer, and only then is the message stamped with X-Mailmeta-ID.
+ */
+#include <arpa/inet.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include <libmilter/mfapi.h>
+
+#include "mm-log.h"
+#include "mm-message.h"
+#include "mm-milter.h"
+
+#define MAILMETA_ID_HEADER "X-Mailmeta-ID"
+
+struct conn {
+	struct mm_session session;
+	struct mm_message *msg;
+	unsigned forged_id_headers;	/* X-Mailmeta-ID headers that came in */
+};
+
+static struct mm_writer *writer;
+static struct mm_journal *journal;
+static struct mm_config *config;
+static pthread_rwlock_t config_lock = PTHREAD_RWLOCK_INITIALIZER;
+static pthread_mutex_t active_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned active_messages;
+
+void
+mm_milter_set_config(struct mm_config *cfg)
+{
+	pthread_rwlock_wrlock(&config_lock);
+	mm_config_free(&config);
+	config = cfg;
+	pthread_rwlock_unlock(&config_lock);
+}
+
+unsigned
+mm_milter_active_messages(void)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&active_lock);
+	n = active_messages;
+	pthread_mutex_unlock(&active_lock);
+	return n;
+}
+
+static void
+count_active(int delta)
+{
+	pthread_mutex_lock(&active_lock);
+	active_messages += delta;
+	pthread_mutex_unlock(&active_lock);
+}
+
+static const char *
+macro(SMFICTX *ctx, const char *name)
+{
+	const char *v = smfi_getsymval(ctx, (char *)name);
+
+	return v && *v ? v : NULL;
+}
+
+static char *
+dup_or_null(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+static void
+drop_message(struct conn *c)
+{
+	if (c->msg) {
+		mm_message_free(&c->msg);
+		count_active(-1);
+	}
+	c->forged_id_headers = 0;
+}
+
+static sfsistat
+on_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1,
+	     unsigned long f2, unsigned long f3, unsigned long *pf0,
+	     unsigned long *pf1, unsigned long *pf2, unsigned long *pf3)
+{
+	(void)ctx, (void)f2, (void)f3;
+	*pf0 = f0 & (SMFIF_ADDHDRS | SMFIF_CHGHDRS);
+	*pf1 = f1 & SMFIP_HDR_LEADSPC;	/* header values exactly as sent */
+	*pf2 = *pf3 = 0;
+	return SMFIS_CONTINUE;
+}
+
+static char *
+address_text(const struct sockaddr *sa)
+{
+	char buf[INET6_ADDRSTRLEN];
+
+	if (sa == NULL)
+		return NULL;
+	if (sa->sa_family == AF_INET &&
+	    inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, buf, sizeof(buf)))
+		return strdup(buf);
+	if (sa->sa_family == AF_INET6 &&
+	    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, buf, sizeof(buf)))
+		return strdup(buf);
+	return NULL;
+}
+
+static sfsistat
+on_connect(SMFICTX *ctx, char *hostname, _SOCK_ADDR *addr)
+{
+	struct conn *c = calloc(1, sizeof(*c));
+
+	if (c == NULL)
+		return SMFIS_TEMPFAIL;
+	c->session.client_ip = address_text(addr);
+	c->session.client_name = dup_or_null(hostname);
+	smfi_setpriv(ctx, c);
+	return SMFIS_CONTINUE;
+}
+
+static sfsistat
+on_helo(SMFICTX *ctx, char *helo)
+{
+	struct conn *c = smfi_getpriv(ctx);
+
+	free(c->session.helo);
+	c->session.helo = dup_or_null(helo);
+	return SMFIS_CONTINUE;
+}
+
+/* The limits in force; TMPDIR (PATH_MAX bytes) receives the spool directory. */
+static void
+copy_limits(struct mm_extract_limits *lim, char *tmpdir)
+{
+	pthread_rwlock_rdlock(&config_lock);
+	snprintf(tmpdir, PATH_MAX, "%s", config->tmpdir);
+	*lim = (struct mm_extract_limits) {
+		.memory_bytes = config->memory_bytes,
+		.max_message_bytes = config->max_message_bytes,
+		.max_depth = config->max_depth,
+		.max_parts = config->max_parts,
+		.tmpdir = tmpdir,
+	};
+	pthread_rwlock_unlock(&config_lock);
+}
+
+static sfsistat
+on_envfrom(SMFICTX *ctx, char **argv)
+{
+	struct conn *c = smfi_getpriv(ctx);
+	struct mm_extract_limits lim;
+	char tmpdir[PATH_MAX];
+
+	drop_message(c);
+	copy_limits(&lim, tmpdir);
+	if ((c->msg = mm_message_new(&lim)) == NULL)
+		return SMFIS_TEMPFAIL;
+	count_active(1);
+	mm_message_set_sender(c->msg, argv[0], macro(ctx, "{auth_authen}"));
+	mm_message_set_tls(c->msg, macro(ctx, "{tls_version}"), macro(ctx, "{cipher}"));
+	/* Postfix's non_smtpd_milters session: no real client. */
+	if (c->session.helo == NULL && macro(ctx, "{daemon_addr}") == NULL &&
+	    macro(ctx, "{client_addr}") == NULL)
+		c->session.local_submission = true;
+	return SMFIS_CONTINUE;
+}
+
+static sfsistat
+on_envrcpt(SMFICTX *ctx, char **argv)
+{
+	struct conn *c = smfi_getpriv(ctx);
+	const char *mailer = macro(ctx, "{rcpt_mailer}");
+	bool local;
+
+	if (c->msg == NULL)
+		return SMFIS_TEMPFAIL;
+	pthread_rwlock_rdlock(&config_lock);
+	local = mm_config_is_local_transport(config, mailer);
+	pthread_rwlock_unlock(&config_lock);
+	mm_message_add_recipient(c->msg, argv[0], local);
+	return SMFIS_CONTINUE;
+}
+
+static sfsistat
+on_header(SMFICTX *ctx, char *name, char *value)
+{
+	struct conn *c = smfi_getpriv(ctx);
+
+	if (c->msg == NULL)
+		return SMFIS_TEMPFAIL;
+	/* Ours alone: one that arrives with the message is removed at the end. */
+	if (strcasecmp(name, MAILMETA_ID_HEADER) == 0) {
+		c->forged_id_headers++;
+		return SMFIS_CONTINUE;
+	}
+	mm_message_add_header(c->msg, name, value);
+	return SMFIS_CONTINUE;
+}
+
+static sfsistat
+on_eoh(SMFICTX *ctx)
+{
+	struct conn *c = smfi_getpriv(ctx);
+
+	if (c->msg == NULL)
+		return SMFIS_TEMPFAIL;
+	mm_message_end_headers(c->msg);
+	return SMFIS_CONTINUE;
+}
+
+static sfsistat
+on_body(SMFICTX *ctx, unsigned char *data, size_t len)
+{
+	struct conn *c = smfi_getpriv(ctx);
+
+	if (c->msg == NULL)
+		return SMFIS_TEMPFAIL;
+	mm_message_add_body(c->msg, data, len);
+	return SMFIS_CONTINUE;
+}
+
+/* Commits DOC, or journals it; false when neither worked in time. */
+static bool
+store_document(const char *queue_id, const char *doc, const char **how)
+{
+	unsigned timeout;
+	enum mm_on_failure on_failure;
+	enum mm_write_result r;
+
+	pthread_rwlock_rdlock(&config_lock);
+	timeout = config->commit_timeout_ms;
+	on_failure = config->on_failure;
+	pthread_rwlock_unlock(&config_lock);
+
+	r = mm_writer_record(writer, doc, timeout);
+	if (r == MM_WRITE_COMMITTED) {
+		*how = "recorded";
+		return true;
+	}
+	if (r == MM_WRITE_REJECTED)
+		mm_error("%s: the database rejected the metadata document", queue_id);
+	if (on_failure == MM_ON_FAILURE_JOURNAL && mm_journal_append(journal, doc) == 0) {
+		*how = "journaled";
+		return true;
+	}
+	return false;
+}
+
+static void
+stamp_message(SMFICTX *ctx, struct conn *c)
+{
+	for (unsigned i = c->forged_id_headers; i >= 1; i--)
+		smfi_chgheader(ctx, MAILMETA_ID_HEADER, (int)i, NULL);
+	smfi_insheader(ctx, 0, MAILMETA_ID_HEADER, (char *)mm_message_id(c->msg));
+}
+
+static sfsistat
+on_eom(SMFICTX *ctx)
+{
+	struct conn *c = smfi_getpriv(ctx);
+	const char *queue_id = macro(ctx, "i");
+	const char *how = NULL;
+	char *doc;
+	sfsistat verdict = SMFIS_CONTINUE;
+
+	if (c->msg == NULL)
+		return SMFIS_TEMPFAIL;
+	if (queue_id == NULL)
+		queue_id = "NOQUEUE";
+	doc = mm_message_document(c->msg, &c->session, queue_id, "accept", NULL);
+	if (doc && store_document(queue_id, doc, &how)) {
+		stamp_message(ctx, c);
+		mm_info("%s: mailmeta_id=%s, metadata %s", queue_id,
+			mm_message_id(c->msg), how);
+	} else {
+		mm_warn("%s: metadata could not be stored; asking the client to retry",
+			queue_id);
+		smfi_setreply(ctx, "451", "4.3.0",
+			      "Temporary failure recording the message, try again later");
+		verdict = SMFIS_TEMPFAIL;
+	}
+	free(doc);
+	drop_message(c);
+	return verdict;
+}
+
+static sfsistat
+on_abort(SMFICTX *ctx)
+{
+	struct conn *c = smfi_getpriv(ctx);
+
+	if (c)
+		drop_message(c);
+	return SMFIS_CONTINUE;
+}
+
+static sfsistat
+on_close(SMFICTX *ctx)
+{
+	struct conn *c = smfi_getpriv(ctx);
+
+	if (c == NULL)
+		return SMFIS_CONTINUE;
+	drop_message(c);
+	free(c->session.client_ip);
+	free(c->session.client_name);
+	free(c->session.helo);
+	free(c);
+	smfi_setpriv(ctx, NULL);
+	return SMFIS_CONTINUE;
+}
+
+static struct smfiDesc milter_desc = {
+	.xxfi_name = "mailmeta-milter",
+	.xxfi_version = SMFI_VERSION,
+	.xxfi_flags = SMFIF_ADDHDRS | SMFIF_CHGHDRS,
+	.xxfi_connect = on_connect,
+	.xxfi_helo = on_helo,
+	.xxfi_envfrom = on_envfrom,
+	.xxfi_envrcpt = on_envrcpt,
+	.xxfi_header = on_header,
+	.xxfi_eoh = on_eoh,
+	.xxfi_body = on_body,
+	.xxfi_eom = on_eom,
+	.xxfi_abort = on_abort,
+	.xxfi_close = on_close,
+	.xxfi_negotiate = on_negotiate,
+};
+
+int
+mm_milter_register(struct mm_writer *w, struct mm_journal *j)
+{
+	writer = w;
+	journal = j;
+	return smfi_register(milter_desc) == MI_SUCCESS ? 0 : -1;
+}

@@ -1,0 +1,20 @@
+/*
+ * mm-milter.h - the libmilter side of mailmeta-milter: registration and
+ * the per-connection callbacks.  Everything else (documents, database,
+ * journal) is reached through plain interfaces without libmilter types.
+ */
+#ifndef MM_MILTER_H
+#define MM_MILTER_H
+
+#include "mm-config.h"
+#include "mm-journal.h"
+#include "mm-writer.h"
+
+/* Installs the callbacks; the objects must outlive smfi_main(). */
+int mm_milter_register(struct mm_writer *writer, struct mm_journal *journal);
+/* Replaces the settings used by new messages (takes ownership). */
+void mm_milter_set_config(struct mm_config *cfg);
+/* Messages between MAIL FROM and their end, for draining on shutdown. */
+unsigned mm_milter_active_messages(void);
+
+#endif
