@@ -1,0 +1,132 @@
+"""mailmeta-milter through the real Postfix: every accepted message is
+stamped with X-Mailmeta-ID and recorded in PostgreSQL with its session,
+envelope, headers and attachments."""
+
+import email
+import email.policy
+import re
+import time
+import uuid
+from email.message import EmailMessage
+
+import pytest
+
+from mmtest import new_message
+
+UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def log_rows(stack, where, *params):
+    cols = ("mailmeta_id, queue_id, direction, client_ip, helo, sasl_user, env_from,"
+            " rcpt, header_from, subject, message_id, size_bytes, thread_id,"
+            " attachment_count, action")
+    rows = stack.sql(f"SELECT {cols} FROM mail.message_log WHERE {where}"
+                     " ORDER BY rcpt", *params)
+    names = [c.strip() for c in cols.split(",")]
+    return [dict(zip(names, r)) for r in rows]
+
+
+def wait_rows(stack, where, *params, count=1, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = log_rows(stack, where, *params)
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def delivered_id(raw):
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    ids = msg.get_all("X-Mailmeta-ID") or []
+    assert len(ids) == 1, f"expected one X-Mailmeta-ID, got {ids}"
+    return str(ids[0]).strip()
+
+
+def test_inbound_message_is_stamped_and_recorded(stack, directory):
+    d = directory
+    msg = new_message("Sender Name <sender@outside.example>", [d.alice])
+    msg["Message-ID"] = f"<{uuid.uuid4().hex}@outside.example>"
+    with stack.smtp() as s:
+        s.ehlo("client.outside.example")
+        assert s.send_message(msg, from_addr="bounce@outside.example",
+                              to_addrs=[d.alice]) == {}
+    raw = stack.wait_for_imap(d.alice, d.passwords[d.alice], msg["Subject"])
+    mid = delivered_id(raw)
+    assert UUID7.match(mid)
+
+    rows = wait_rows(stack, "mailmeta_id = %s::uuid", mid)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["direction"] == "inbound"
+    assert row["client_ip"] == "127.0.0.1"
+    assert row["helo"] == "client.outside.example"
+    assert row["sasl_user"] == ""
+    assert row["env_from"] == "bounce@outside.example"
+    assert row["rcpt"] == d.alice
+    assert row["header_from"] == "sender@outside.example"
+    assert row["subject"] == msg["Subject"]
+    assert row["message_id"] == msg["Message-ID"].strip("<>")
+    assert row["action"] == "accept"
+    assert int(row["size_bytes"]) > 100
+    # Postfix's queue id of the message is the one recorded.
+    assert re.match(r"^[0-9A-Za-z]{6,}$", row["queue_id"])
+
+
+def test_forged_mailmeta_id_is_replaced(stack, directory):
+    d = directory
+    msg = new_message("sender@outside.example", [d.bob])
+    msg["X-Mailmeta-ID"] = "00000000-0000-7000-8000-000000000000"
+    with stack.smtp() as s:
+        assert s.send_message(msg, to_addrs=[d.bob]) == {}
+    raw = stack.wait_for_imap(d.bob, d.passwords[d.bob], msg["Subject"])
+    mid = delivered_id(raw)
+    assert mid != "00000000-0000-7000-8000-000000000000"
+    assert wait_rows(stack, "mailmeta_id = %s::uuid", mid)
+
+
+def test_submission_records_login_tls_and_direction(stack, directory):
+    d = directory
+    msg = new_message(d.alice, [d.bob])
+    with stack.submission(d.alice, d.passwords[d.alice]) as s:
+        assert s.send_message(msg) == {}
+    raw = stack.wait_for_imap(d.bob, d.passwords[d.bob], msg["Subject"])
+    mid = delivered_id(raw)
+    row = wait_rows(stack, "mailmeta_id = %s::uuid", mid)[0]
+    assert row["sasl_user"] == d.alice
+    assert row["direction"] == "local"
+    tls = stack.sql("SELECT tls_version, tls_cipher FROM mail.messages"
+                    " WHERE mailmeta_id = %s::uuid", mid)[0]
+    assert tls[0].startswith("TLSv1.")
+    assert tls[1]
+
+
+def test_alias_recipient_reaches_each_users_rows(stack, directory):
+    d = directory
+    msg = new_message("sender@outside.example", [d.team])
+    with stack.smtp() as s:
+        assert s.send_message(msg, to_addrs=[d.team]) == {}
+    raw = stack.wait_for_imap(d.alice, d.passwords[d.alice], msg["Subject"])
+    mid = delivered_id(raw)
+    wait_rows(stack, "mailmeta_id = %s::uuid", mid)
+    users = stack.sql(
+        "SELECT u.address FROM mail.user_messages um JOIN mail.users u"
+        " USING (user_id) WHERE um.mailmeta_id = %s::uuid ORDER BY 1", mid)
+    assert [u[0] for u in users] == sorted([d.alice, d.bob])
+
+
+def test_attachment_recorded_with_sha256(stack, directory):
+    import hashlib
+    d = directory
+    payload = ("mailmeta attachment " + uuid.uuid4().hex).encode() * 100
+    msg = new_message("sender@outside.example", [d.alice])
+    msg.add_attachment(payload, maintype="application", subtype="octet-stream",
+                       filename="Bericht März.bin")
+    with stack.smtp() as s:
+        assert s.send_message(msg, to_addrs=[d.alice]) == {}
+    raw = stack.wait_for_imap(d.alice, d.passwords[d.alice], msg["Subject"])
+    mid = delivered_id(raw)
+    wait_rows(stack, "mailmeta_id = %s::uuid", mid)
+    atts = stack.sql("SELECT filename, content_type, size_bytes, sha256"
+                     " FROM mail.message_attachments WHERE mailmeta_id = %s::uuid", mid)
+    assert atts == [["Bericht März.bin", "application/octet-stream",
+                     str(len(payload)), hashlib.sha256(payload).hexdigest()]]
