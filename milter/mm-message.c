@@ -177,6 +177,9 @@ string_or_null(const char *s)
 static json_t *
 session_json(const struct mm_session *s)
 {
+	/* Postfix's made-up session for sendmail(1) mail describes no client. */
+	if (s->local_submission)
+		return json_pack("{s:n,s:n,s:n}", "ip", "name", "helo");
 	return json_pack("{s:o,s:o,s:o}",
 			 "ip", string_or_null(s->client_ip),
 			 "name", string_or_null(s->client_name),

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <libmilter/mfapi.h>
 
@@ -157,6 +158,24 @@ copy_limits(struct mm_extract_limits *lim, char *tmpdir)
 	pthread_rwlock_unlock(&config_lock);
 }
 
+/*
+ * Mail from sendmail(1)/pickup reaches non_smtpd_milters as a session that
+ * Postfix makes up: client "localhost" at 127.0.0.1, HELO "localhost", and
+ * a sender without the angle brackets smtpd always passes on.  Only a
+ * process on this host could imitate all three, and it could as well use
+ * sendmail(1).
+ */
+static bool
+is_local_submission(const struct conn *c, const char *sender)
+{
+	const struct mm_session *s = &c->session;
+
+	return sender[0] != '<' &&
+	       s->client_ip && strcmp(s->client_ip, "127.0.0.1") == 0 &&
+	       s->client_name && strcmp(s->client_name, "localhost") == 0 &&
+	       s->helo && strcmp(s->helo, "localhost") == 0;
+}
+
 static sfsistat
 on_envfrom(SMFICTX *ctx, char **argv)
 {
@@ -171,10 +190,12 @@ on_envfrom(SMFICTX *ctx, char **argv)
 	count_active(1);
 	mm_message_set_sender(c->msg, argv[0], macro(ctx, "{auth_authen}"));
 	mm_message_set_tls(c->msg, macro(ctx, "{tls_version}"), macro(ctx, "{cipher}"));
-	/* Postfix's non_smtpd_milters session: no real client. */
-	if (c->session.helo == NULL && macro(ctx, "{daemon_addr}") == NULL &&
-	    macro(ctx, "{client_addr}") == NULL)
-		c->session.local_submission = true;
+	mm_debug("MAIL FROM %s: daemon_name=%s daemon_addr=%s client_addr=%s"
+		 " client_name=%s auth=%s j=%s _=%s", argv[0],
+		 macro(ctx, "{daemon_name}"), macro(ctx, "{daemon_addr}"),
+		 macro(ctx, "{client_addr}"), macro(ctx, "{client_name}"),
+		 macro(ctx, "{auth_authen}"), macro(ctx, "j"), macro(ctx, "_"));
+	c->session.local_submission = is_local_submission(c, argv[0]);
 	return SMFIS_CONTINUE;
 }
 
@@ -267,6 +288,18 @@ stamp_message(SMFICTX *ctx, struct conn *c)
 	smfi_insheader(ctx, 0, MAILMETA_ID_HEADER, (char *)mm_message_id(c->msg));
 }
 
+static double
+elapsed_ms(const struct timespec *a, const struct timespec *b)
+{
+	return (double)(b->tv_sec - a->tv_sec) * 1e3 +
+	       (double)(b->tv_nsec - a->tv_nsec) / 1e6;
+}
+
+/*
+ * The log line's "delays=a/b" are, like Postfix's own delays=, the time
+ * spent in each stage: building the document (the end of MIME parsing,
+ * hashing, JSON) and storing it (waiting for the commit or the journal).
+ */
 static sfsistat
 on_eom(SMFICTX *ctx)
 {
@@ -276,15 +309,21 @@ on_eom(SMFICTX *ctx)
 	char *doc;
 	sfsistat verdict = SMFIS_CONTINUE;
 
+	struct timespec t0, t1, t2;
+
 	if (c->msg == NULL)
 		return SMFIS_TEMPFAIL;
 	if (queue_id == NULL)
 		queue_id = "NOQUEUE";
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	doc = mm_message_document(c->msg, &c->session, queue_id, "accept", NULL);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
 	if (doc && store_document(queue_id, doc, &how)) {
+		clock_gettime(CLOCK_MONOTONIC, &t2);
 		stamp_message(ctx, c);
-		mm_info("%s: mailmeta_id=%s, metadata %s", queue_id,
-			mm_message_id(c->msg), how);
+		mm_info("%s: mailmeta_id=%s, metadata %s, delays=%.2f/%.2f ms",
+			queue_id, mm_message_id(c->msg), how,
+			elapsed_ms(&t0, &t1), elapsed_ms(&t1, &t2));
 	} else {
 		mm_warn("%s: metadata could not be stored; asking the client to retry",
 			queue_id);

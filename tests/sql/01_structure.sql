@@ -9,7 +9,9 @@ SELECT schema_owner_is('mail', 'mailmeta_owner');
 
 -- tables
 SELECT tables_are('mail',
-    ARRAY['domains', 'users', 'aliases', 'alias_destinations', 'schema_migrations']);
+    ARRAY['domains', 'users', 'aliases', 'alias_destinations', 'schema_migrations',
+          'messages', 'message_recipients', 'user_messages', 'attachment_blobs',
+          'attachment_parts', 'thread_links']);
 
 SELECT columns_are('mail', 'domains', ARRAY['domain_id', 'domain', 'created_at']);
 SELECT col_is_pk('mail', 'domains', 'domain_id', 'domains keyed by domain_id');
@@ -57,7 +59,8 @@ SELECT col_is_pk('mail', 'schema_migrations', 'version', 'schema_migrations keye
 
 -- views
 SELECT views_are('mail', ARRAY['postfix_domains', 'postfix_mailboxes', 'postfix_aliases',
-    'postfix_sender_logins', 'dovecot_passdb', 'dovecot_userdb']);
+    'postfix_sender_logins', 'dovecot_passdb', 'dovecot_userdb',
+    'message_log', 'message_attachments']);
 SELECT columns_are('mail', 'postfix_domains', ARRAY['domain']);
 SELECT columns_are('mail', 'postfix_mailboxes', ARRAY['address']);
 SELECT columns_are('mail', 'postfix_aliases', ARRAY['address', 'destination']);
