@@ -35,9 +35,10 @@ else
 fi
 
 echo "fuzzing for ${secs}s in $work"
-# GMime's parser may allocate a lot on hostile input; cap at 2 GB.
+# GMime's parser may allocate a lot on hostile input; cap at 2 GB.  Full
+# malloc stacks let the suppression file name GMime's one-time leak.
 LSAN_OPTIONS=suppressions=$top/fuzz/lsan.supp \
-ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
+ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1:fast_unwind_on_malloc=0 \
 	"$work/fuzz-extract" -max_total_time="$secs" -rss_limit_mb=2048 \
 	-max_len=262144 -timeout=20 -print_final_stats=1 \
 	-artifact_prefix="$work/crashes/" "$work/corpus"
