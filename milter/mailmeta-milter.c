@@ -7,8 +7,8 @@
  * does nothing else:
  *   SIGHUP   the new configuration is checked here; only a valid one is
  *            passed on (over a pipe) and the filter swaps it in;
- *   SIGTERM  forwarded: the filter stops listening, lets the messages in
- *            progress finish, flushes its writers and exits;
+ *   SIGTERM  forwarded: the filter stops listening, finishes storing the
+ *            messages at their end, stops its writers and exits;
  *   filter crash  logged and the filter restarted after a second.
  * The filter process drops to the configured user before it opens the
  * milter socket, the journal or the database.
@@ -177,11 +177,11 @@ start_thread(void *(*fn)(void *), void *arg)
 static void
 drain(void)
 {
-	for (int i = 0; i < DRAIN_SECONDS * 10 && mm_milter_active_messages() > 0; i++)
+	for (int i = 0; i < DRAIN_SECONDS * 10 && mm_milter_storing_messages() > 0; i++)
 		usleep(100000);
-	if (mm_milter_active_messages() > 0)
-		mm_warn("stopping with %u message(s) unfinished; Postfix will retry them",
-			mm_milter_active_messages());
+	if (mm_milter_storing_messages() > 0)
+		mm_warn("stopping with %u message(s) still being stored",
+			mm_milter_storing_messages());
 }
 
 static _Noreturn void
@@ -211,7 +211,7 @@ run_filter(struct mm_config *cfg, int control_fd)
 
 	smfi_main();
 
-	mm_info("stopping: draining messages in progress");
+	mm_info("stopping: finishing the messages being stored");
 	drain();
 	mm_writer_stop(&writer);
 	mm_info("stopped");
@@ -232,10 +232,15 @@ spawn_filter(int *control_fd)
 	if (pid < 0)
 		mm_fatal("fork: %s", strerror(errno));
 	if (pid == 0) {
-		sigset_t none;
+		sigset_t lib;
 
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
+		/* HUP, TERM and INT stay blocked in every thread of the filter:
+		 * libmilter's own thread takes them with sigwait(). */
+		sigemptyset(&lib);
+		sigaddset(&lib, SIGHUP);
+		sigaddset(&lib, SIGTERM);
+		sigaddset(&lib, SIGINT);
+		sigprocmask(SIG_SETMASK, &lib, NULL);
 		close(fds[1]);
 		run_filter(load_config_or_die(), fds[0]);
 	}
@@ -313,6 +318,7 @@ supervise(const char *pidfile)
 	}
 	if (pidfile)
 		unlink(pidfile);
+	mm_info("supervisor stopped");
 	return 0;
 }
 

@@ -36,8 +36,8 @@ static struct mm_writer *writer;
 static struct mm_journal *journal;
 static struct mm_config *config;
 static pthread_rwlock_t config_lock = PTHREAD_RWLOCK_INITIALIZER;
-static pthread_mutex_t active_lock = PTHREAD_MUTEX_INITIALIZER;
-static unsigned active_messages;
+static pthread_mutex_t storing_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned storing_messages;
 
 void
 mm_milter_set_config(struct mm_config *cfg)
@@ -49,22 +49,22 @@ mm_milter_set_config(struct mm_config *cfg)
 }
 
 unsigned
-mm_milter_active_messages(void)
+mm_milter_storing_messages(void)
 {
 	unsigned n;
 
-	pthread_mutex_lock(&active_lock);
-	n = active_messages;
-	pthread_mutex_unlock(&active_lock);
+	pthread_mutex_lock(&storing_lock);
+	n = storing_messages;
+	pthread_mutex_unlock(&storing_lock);
 	return n;
 }
 
 static void
-count_active(int delta)
+count_storing(int delta)
 {
-	pthread_mutex_lock(&active_lock);
-	active_messages += delta;
-	pthread_mutex_unlock(&active_lock);
+	pthread_mutex_lock(&storing_lock);
+	storing_messages += delta;
+	pthread_mutex_unlock(&storing_lock);
 }
 
 static const char *
@@ -84,10 +84,7 @@ dup_or_null(const char *s)
 static void
 drop_message(struct conn *c)
 {
-	if (c->msg) {
-		mm_message_free(&c->msg);
-		count_active(-1);
-	}
+	mm_message_free(&c->msg);
 	c->forged_id_headers = 0;
 }
 
@@ -187,7 +184,6 @@ on_envfrom(SMFICTX *ctx, char **argv)
 	copy_limits(&lim, tmpdir);
 	if ((c->msg = mm_message_new(&lim)) == NULL)
 		return SMFIS_TEMPFAIL;
-	count_active(1);
 	mm_message_set_sender(c->msg, argv[0], macro(ctx, "{auth_authen}"));
 	mm_message_set_tls(c->msg, macro(ctx, "{tls_version}"), macro(ctx, "{cipher}"));
 	mm_debug("MAIL FROM %s: daemon_name=%s daemon_addr=%s client_addr=%s"
@@ -315,6 +311,7 @@ on_eom(SMFICTX *ctx)
 		return SMFIS_TEMPFAIL;
 	if (queue_id == NULL)
 		queue_id = "NOQUEUE";
+	count_storing(1);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	doc = mm_message_document(c->msg, &c->session, queue_id, "accept", NULL);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -333,6 +330,7 @@ on_eom(SMFICTX *ctx)
 	}
 	free(doc);
 	drop_message(c);
+	count_storing(-1);
 	return verdict;
 }
 

@@ -14,7 +14,9 @@
 int mm_milter_register(struct mm_writer *writer, struct mm_journal *journal);
 /* Replaces the settings used by new messages (takes ownership). */
 void mm_milter_set_config(struct mm_config *cfg);
-/* Messages between MAIL FROM and their end, for draining on shutdown. */
-unsigned mm_milter_active_messages(void);
+/* Messages at their end being committed or journaled: a stop waits for
+ * them.  (Sessions still sending are dropped by libmilter when it stops,
+ * and Postfix defers those messages.) */
+unsigned mm_milter_storing_messages(void);
 
 #endif

@@ -179,3 +179,36 @@ def test_milter_killed_during_flood_loses_nothing(stack, directory):
     after = filter_pid(stack)
     assert after != before
     assert_exactly_once(stack, flood)
+
+
+def supervisor_pid(stack):
+    pidfile = os.path.join(stack.env["STACK_DIR"], "run", "milter",
+                           "mailmeta-milter.pid")
+    with open(pidfile) as f:
+        return int(f.read().strip())
+
+
+def milter_log(stack):
+    with open(os.path.join(stack.env["STACK_DIR"], "log", "milter.log"),
+              errors="replace") as f:
+        return f.read()
+
+
+def test_sigterm_drains_and_nothing_is_lost(stack, directory):
+    tag = f"sigterm-{uuid.uuid4().hex[:8]}"
+    pid = supervisor_pid(stack)
+    log_before = len(milter_log(stack))
+    with Flood(stack, directory.alice, tag) as flood:
+        time.sleep(2)
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 40,
+                   "mailmeta-milter to exit after SIGTERM")
+        # Postfix defers mail while the milter is away (milter_default_action)
+        subprocess.run([os.path.join(os.path.dirname(__file__), "..", "..",
+                                     "scripts", "stack"), "up"],
+                       check=True, stdout=subprocess.DEVNULL)
+        time.sleep(2)
+    tail = milter_log(stack)[log_before:]
+    assert "stopping: finishing the messages being stored" in tail
+    assert "stopped" in tail
+    assert_exactly_once(stack, flood)
