@@ -130,3 +130,60 @@ def test_attachment_recorded_with_sha256(stack, directory):
                      " FROM mail.message_attachments WHERE mailmeta_id = %s::uuid", mid)
     assert atts == [["Bericht März.bin", "application/octet-stream",
                      str(len(payload)), hashlib.sha256(payload).hexdigest()]]
+
+
+def send_with_ids(stack, rcpt, message_id, in_reply_to=None, references=()):
+    msg = new_message("sender@outside.example", [rcpt])
+    msg["Message-ID"] = f"<{message_id}>"
+    if in_reply_to:
+        msg["In-Reply-To"] = f"<{in_reply_to}>"
+    if references:
+        msg["References"] = " ".join(f"<{r}>" for r in references)
+    with stack.smtp() as s:
+        assert s.send_message(msg, to_addrs=[rcpt]) == {}
+    return msg
+
+
+def thread_of(stack, message_id):
+    rows = wait_rows(stack, "message_id = %s", message_id)
+    assert rows, f"{message_id} not recorded"
+    return rows[0]["thread_id"]
+
+
+def test_reply_before_parent_shares_the_thread(stack, directory):
+    d = directory
+    tag = uuid.uuid4().hex
+    root, reply, reply2 = f"root-{tag}@x.example", f"re1-{tag}@x.example", f"re2-{tag}@y.example"
+    # The second reply arrives first, then the first reply, then the root.
+    send_with_ids(stack, d.alice, reply2, in_reply_to=reply, references=[root, reply])
+    t_reply2 = thread_of(stack, reply2)
+    send_with_ids(stack, d.alice, reply, in_reply_to=root, references=[root])
+    send_with_ids(stack, d.bob, root)
+    assert thread_of(stack, reply) == t_reply2
+    assert thread_of(stack, root) == t_reply2
+    # An unrelated message has a thread of its own.
+    other = f"other-{tag}@x.example"
+    send_with_ids(stack, d.alice, other)
+    assert thread_of(stack, other) != t_reply2
+
+
+def test_same_attachment_in_two_messages_is_stored_once(stack, directory):
+    import hashlib
+    d = directory
+    payload = b"%PDF-1.4 shared report " + uuid.uuid4().hex.encode() * 50
+    digest = hashlib.sha256(payload).hexdigest()
+    ids = []
+    for rcpt, name in ((d.alice, "report.pdf"), (d.bob, "copy of report.pdf")):
+        msg = new_message("sender@outside.example", [rcpt])
+        msg.add_attachment(payload, maintype="application", subtype="pdf", filename=name)
+        with stack.smtp() as s:
+            assert s.send_message(msg, to_addrs=[rcpt]) == {}
+        ids.append(delivered_id(stack.wait_for_imap(rcpt, d.passwords[rcpt], msg["Subject"])))
+    for mid in ids:
+        wait_rows(stack, "mailmeta_id = %s::uuid", mid)
+    names = stack.sql("SELECT filename FROM mail.message_attachments WHERE sha256 = %s"
+                      " ORDER BY filename", digest)
+    assert [n[0] for n in names] == ["copy of report.pdf", "report.pdf"]
+    blobs = stack.sql("SELECT count(*) FROM mail.attachment_blobs"
+                      " WHERE sha256 = decode(%s, 'hex')", digest)
+    assert blobs == [["1"]]
