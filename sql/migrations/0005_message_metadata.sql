@@ -11,8 +11,10 @@
 --                            keyed (user_id, mailmeta_id): mailbox queries
 --                            never cross users and the table can be
 --                            hash-partitioned by user_id
---   mail.attachment_blobs    attachment contents by SHA-256, stored once,
---                            with the number of references to them
+--   mail.attachment_blobs    attachment contents by SHA-256, stored once
+--                            (how many parts refer to one is counted from
+--                            attachment_parts when needed, never kept as a
+--                            counter that every message would update)
 --   mail.attachment_parts    each message's attachments
 --   mail.thread_links        Message-ID -> thread, for conversation threading
 --
@@ -35,7 +37,9 @@
 -- joins). A message that mentions no id is a thread of its own.
 -- Concurrent recorders serialise on advisory locks on the message ids, then
 -- on the thread ids involved, so messages of one conversation arriving at the
--- same time always end in one thread.
+-- same time always end in one thread. Recorders of unrelated messages share
+-- no lock and no row: a new conversation costs one index probe on
+-- thread_links and one insert per id.
 --
 -- Hostile content is stored, not refused: an unparseable client address or
 -- Date becomes NULL, values used as index keys (queue id, addresses, message
@@ -136,8 +140,11 @@ CREATE TABLE mail.user_messages (
     PRIMARY KEY (user_id, mailmeta_id)
 );
 CREATE INDEX user_messages_received_at_idx ON mail.user_messages (user_id, received_at DESC);
-CREATE INDEX user_messages_thread_id_idx ON mail.user_messages (thread_id);
 CREATE INDEX user_messages_mailmeta_id_idx ON mail.user_messages (mailmeta_id);
+-- Indexes cost every recorded message: user_messages has its key (a user's
+-- messages), received_at (a mailbox listed by date) and mailmeta_id (the
+-- message's rows: deletes cascading from mail.messages, thread merges,
+-- which find the messages by mail.messages.thread_id).
 COMMENT ON TABLE mail.user_messages IS
     'One row per local user a message reaches, directly, through aliases or through a catch-all. Leads with user_id: per-user queries never cross users.';
 
@@ -145,11 +152,15 @@ CREATE TABLE mail.attachment_blobs (
     sha256       bytea       PRIMARY KEY CHECK (length(sha256) = 32),
     size_bytes   bigint      CHECK (size_bytes >= 0),
     content_type text,
-    first_seen   timestamptz NOT NULL DEFAULT now(),
-    ref_count    bigint      NOT NULL CHECK (ref_count >= 0)
+    first_seen   timestamptz NOT NULL DEFAULT now()
 );
+-- No reference counter: one on a popular attachment (a logo in every
+-- signature) would make every recorder update, and row-lock, the same row.
+-- Recorders insert a blob only when it is new (ON CONFLICT DO NOTHING); its
+-- references are the attachment_parts rows with its sha256 (indexed), and a
+-- garbage collection that removes unreferenced blobs counts them there.
 COMMENT ON TABLE mail.attachment_blobs IS
-    'Attachment contents seen so far, once per SHA-256 of the decoded content (the content itself is not stored). ref_count counts the attachment_parts rows referring to it.';
+    'Attachment contents seen so far, once per SHA-256 of the decoded content (the content itself is not stored). Never updated by recording: the references to a blob are the mail.attachment_parts rows with its sha256 (count them there).';
 COMMENT ON COLUMN mail.attachment_blobs.content_type IS 'The content type it had the first time it was seen.';
 
 CREATE TABLE mail.attachment_parts (
@@ -163,6 +174,7 @@ CREATE TABLE mail.attachment_parts (
     sha256        bytea   REFERENCES mail.attachment_blobs (sha256),
     PRIMARY KEY (mailmeta_id, attachment_no)
 );
+-- Finds the references to a blob (its reference count, garbage collection).
 CREATE INDEX attachment_parts_sha256_idx ON mail.attachment_parts (sha256);
 COMMENT ON TABLE mail.attachment_parts IS
     'The attachments of each message, numbered in document order; sha256 refers to the deduplicated content (NULL when the document gave no valid hash).';
@@ -221,13 +233,11 @@ COMMENT ON FUNCTION mail.parse_inet(text) IS
     'Internal: an IPv4 or IPv6 address as inet; NULL for anything else.';
 
 CREATE FUNCTION mail.json_bigint(value jsonb) RETURNS bigint
-    LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER SET search_path = mail, pg_temp
+    LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = mail, pg_temp
 AS $$
-BEGIN
-    RETURN CASE WHEN jsonb_typeof(json_bigint.value) = 'number'
-                 AND (json_bigint.value #>> '{}')::numeric BETWEEN 0 AND 9223372036854775807
-                THEN trunc((json_bigint.value #>> '{}')::numeric)::bigint END;
-END
+    SELECT CASE WHEN jsonb_typeof(value) = 'number'
+                 AND (value #>> '{}')::numeric BETWEEN 0 AND 9223372036854775807
+                THEN trunc((value #>> '{}')::numeric)::bigint END
 $$;
 COMMENT ON FUNCTION mail.json_bigint(jsonb) IS
     'Internal: a non-negative JSON number as bigint; NULL for anything else.';
@@ -235,40 +245,40 @@ COMMENT ON FUNCTION mail.json_bigint(jsonb) IS
 -- A message id as stored: without angle brackets and surrounding blanks, at
 -- most 512 characters (it is an index key), NULL when empty.
 CREATE FUNCTION mail.clean_message_id(value text) RETURNS text
-    LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER SET search_path = mail, pg_temp
+    LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = mail, pg_temp
 AS $$
-BEGIN
-    RETURN nullif(left(btrim(clean_message_id.value, E' \t\r\n<>'), 512), '');
-END
+    SELECT nullif(left(btrim(value, E' \t\r\n<>'), 512), '')
 $$;
 COMMENT ON FUNCTION mail.clean_message_id(text) IS
     'Internal: a message id without angle brackets and blanks, cut to 512 characters; NULL when empty.';
 
 -- The ids of a JSON array of message ids: cleaned, duplicates removed, in
 -- order, keeping the first id and the last (max_ids - 1).
-CREATE FUNCTION mail.message_id_list(ids jsonb, max_ids integer) RETURNS text[]
-    LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER SET search_path = mail, pg_temp
+CREATE FUNCTION mail.message_id_list_all(ids jsonb, max_ids integer) RETURNS text[]
+    LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = mail, pg_temp
 AS $$
-BEGIN
-    IF jsonb_typeof(message_id_list.ids) IS DISTINCT FROM 'array'
-       OR jsonb_array_length(message_id_list.ids) = 0 THEN
-        RETURN '{}';
-    END IF;
-    RETURN (
-        WITH e AS (
-            SELECT mail.clean_message_id(x.value) AS id, x.ord
-              FROM jsonb_array_elements_text(message_id_list.ids) WITH ORDINALITY AS x (value, ord)
-        ), d AS (
-            SELECT e.id, min(e.ord) AS first_ord FROM e WHERE e.id IS NOT NULL GROUP BY e.id
-        ), n AS (
-            SELECT d.id, d.first_ord,
+    SELECT coalesce(array_agg(n.id ORDER BY n.first_ord), '{}')
+      FROM (SELECT d.id, d.first_ord,
                    row_number() OVER (ORDER BY d.first_ord) AS rn, count(*) OVER () AS cnt
-              FROM d
-        )
-        SELECT coalesce(array_agg(n.id ORDER BY n.first_ord), '{}')
-          FROM n
-         WHERE n.rn = 1 OR n.rn > n.cnt - (message_id_list.max_ids - 1));
-END
+              FROM (SELECT mail.clean_message_id(x.value) AS id, min(x.ord) AS first_ord
+                      FROM jsonb_array_elements_text(ids) WITH ORDINALITY AS x (value, ord)
+                     GROUP BY 1) d
+             WHERE d.id IS NOT NULL) n
+     WHERE n.rn = 1 OR n.rn > n.cnt - (max_ids - 1)
+$$;
+COMMENT ON FUNCTION mail.message_id_list_all(jsonb, integer) IS
+    'Internal: message_id_list of an array of any length.';
+
+CREATE FUNCTION mail.message_id_list(ids jsonb, max_ids integer) RETURNS text[]
+    LANGUAGE sql IMMUTABLE SECURITY DEFINER SET search_path = mail, pg_temp
+AS $$
+    SELECT CASE
+        WHEN jsonb_typeof(ids) IS DISTINCT FROM 'array' OR jsonb_array_length(ids) = 0 THEN '{}'::text[]
+        WHEN jsonb_array_length(ids) = 1 THEN
+            CASE WHEN mail.clean_message_id(ids->>0) IS NULL THEN '{}'::text[]
+                 ELSE ARRAY[mail.clean_message_id(ids->>0)] END
+        ELSE mail.message_id_list_all(ids, max_ids)
+    END
 $$;
 COMMENT ON FUNCTION mail.message_id_list(jsonb, integer) IS
     'Internal: the message ids of a JSON array, cleaned (see clean_message_id), duplicates removed, in order; only the first one and those among the last max_ids - 1 positions are kept.';
@@ -350,13 +360,11 @@ COMMENT ON FUNCTION mail.metadata_problem(jsonb) IS
 -- address of a domain with a catch-all -> the catch-all's destinations.
 CREATE FUNCTION mail.local_recipients(addresses text[])
     RETURNS TABLE (rcpt text, user_id bigint)
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = mail, pg_temp
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = mail, pg_temp
 AS $$
-BEGIN
-    RETURN QUERY
     WITH RECURSIVE walk (rcpt, addr, depth) AS (
         SELECT r, lower(btrim(r, E' \t\r\n')), 0
-          FROM unnest(local_recipients.addresses) AS r
+          FROM unnest(addresses) AS r
         UNION
         SELECT w.rcpt, ad.destination, w.depth + 1
           FROM walk w
@@ -372,8 +380,7 @@ BEGIN
     )
     SELECT DISTINCT w.rcpt, u.user_id
       FROM walk w
-      JOIN mail.users u ON u.address = w.addr;
-END
+      JOIN mail.users u ON u.address = w.addr
 $$;
 COMMENT ON FUNCTION mail.local_recipients(text[]) IS
     'The local users each envelope recipient reaches: an address that is a user (trimmed, lowercased) reaches that user; an alias reaches what its destinations reach, recursively, at most 10 levels deep; any other address of a domain with a catch-all reaches what the catch-all reaches; outside and unknown addresses reach nobody. Disabled users are reached (they still receive mail).';
@@ -392,182 +399,89 @@ $$;
 COMMENT ON FUNCTION mail.lock_message_ids(text[]) IS
     'Internal: takes the transaction-level advisory locks of these message ids, in a fixed order.';
 
--- The thread a message joins (see the header of this file). Must run in READ
--- COMMITTED: every statement re-reads what concurrent recorders committed
--- while this one waited for their locks.
-CREATE FUNCTION mail.assign_thread(mailmeta_id uuid, message_ids text[]) RETURNS uuid
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = mail, pg_temp
-AS $$
-DECLARE
-    v_threads uuid[];
-    v_locked  uuid[] := '{}';
-    v_new     uuid[];
-    v_thread  uuid;
-BEGIN
-    IF coalesce(cardinality(assign_thread.message_ids), 0) = 0 THEN
-        RETURN assign_thread.mailmeta_id;
-    END IF;
-    -- Nobody else registers or reads these ids until we commit.
-    PERFORM mail.lock_message_ids(assign_thread.message_ids);
-    -- Lock the threads they belong to; a merge that committed while we
-    -- waited may have moved them, so re-read until every thread is locked.
-    -- A thread's members change only under its lock.
-    LOOP
-        SELECT array_agg(DISTINCT t.thread_id ORDER BY t.thread_id) INTO v_threads
-          FROM mail.thread_links t
-         WHERE t.message_id = ANY (assign_thread.message_ids);
-        SELECT array_agg(x ORDER BY x) INTO v_new
-          FROM unnest(v_threads) AS x
-         WHERE x <> ALL (v_locked);
-        EXIT WHEN v_new IS NULL;
-        -- 1953002084 = 'thrd' in ASCII.
-        PERFORM pg_advisory_xact_lock(1953002084, k)
-           FROM (SELECT DISTINCT hashtext(x::text) AS k FROM unnest(v_new) AS x ORDER BY 1) s;
-        v_locked := v_locked || v_new;
-    END LOOP;
-
-    IF v_threads IS NULL THEN
-        v_thread := assign_thread.mailmeta_id;
-    ELSE
-        v_thread := v_threads[1];
-        IF cardinality(v_threads) > 1 THEN
-            UPDATE mail.thread_links t SET thread_id = v_thread
-             WHERE t.thread_id = ANY (v_threads[2:]);
-            UPDATE mail.messages m SET thread_id = v_thread
-             WHERE m.thread_id = ANY (v_threads[2:]);
-            UPDATE mail.user_messages um SET thread_id = v_thread
-             WHERE um.thread_id = ANY (v_threads[2:]);
-        END IF;
-    END IF;
-    INSERT INTO mail.thread_links (message_id, thread_id)
-    SELECT DISTINCT x, v_thread FROM unnest(assign_thread.message_ids) AS x
-    ON CONFLICT (message_id) DO NOTHING;
-    RETURN v_thread;
-END
-$$;
-COMMENT ON FUNCTION mail.assign_thread(uuid, text[]) IS
-    'Internal: registers the message ids a message mentions and returns its thread: the one those ids belong to; the smallest, after merging the others into it, when they belong to several; the message''s own mailmeta_id when none is known yet or it mentions none.';
-
 -- ---------------------------------------------------------------- recording
 
-CREATE FUNCTION mail.record_message(doc jsonb) RETURNS uuid
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = mail, pg_temp
-AS $$
-DECLARE
-    v_problem  text := mail.metadata_problem(record_message.doc);
-    v_id       uuid;
-    v_h        jsonb;
-    v_received timestamptz;
-    v_msgid    text;
-    v_irt      text[];
-    v_refs     text[];
-    v_rcpts    text[];
-    v_thread   uuid;
-BEGIN
-    IF v_problem IS NOT NULL THEN
-        RAISE EXCEPTION 'invalid metadata document%: %',
-                coalesce(' ' || left(record_message.doc->>'mailmeta_id', 80), ''), v_problem
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'mail.record_message must run at isolation level READ COMMITTED, not %',
-                upper(current_setting('transaction_isolation'))
-            USING ERRCODE = 'invalid_transaction_state';
-    END IF;
-    v_id := (record_message.doc->>'mailmeta_id')::uuid;
-    IF EXISTS (SELECT FROM mail.messages m WHERE m.mailmeta_id = v_id) THEN
-        RETURN v_id;                                 -- replayed: already recorded
-    END IF;
-
-    v_h := record_message.doc->'headers';
-    v_received := mail.parse_timestamptz(record_message.doc->>'received_at');
-    v_msgid := mail.clean_message_id(v_h->>'message_id');
-    v_irt := mail.message_id_list(v_h->'in_reply_to', 10);
-    v_refs := mail.message_id_list(v_h->'references', 20);
-    v_thread := mail.assign_thread(v_id,
-        ARRAY(SELECT DISTINCT x FROM unnest(v_msgid || v_irt || v_refs) AS x WHERE x IS NOT NULL));
-
-    INSERT INTO mail.messages (
-        mailmeta_id, queue_id, received_at, direction,
-        client_ip, client_name, helo, tls_version, tls_cipher, sasl_user, env_from, size_bytes,
-        subject, header_from, addresses, sent_at, date_raw, message_id, in_reply_to,
-        reference_ids, list_id, auto_submitted, malformed, malformed_reasons,
-        action, reason, thread_id, parts, attachment_count)
-    SELECT v_id, left(d->>'queue_id', 512), v_received, d->>'direction',
-           mail.parse_inet(d #>> '{client,ip}'), d #>> '{client,name}', d #>> '{client,helo}',
-           d #>> '{tls,version}', d #>> '{tls,cipher}', d->>'sasl_user',
-           left(d->>'env_from', 512), mail.json_bigint(d->'size_bytes'),
-           v_h->>'subject',
-           CASE WHEN jsonb_typeof(v_h->'from') = 'array' THEN v_h->'from'->0->>'address' END,
-           jsonb_build_object('from', coalesce(v_h->'from', '[]'),
-                              'sender', coalesce(v_h->'sender', '[]'),
-                              'reply_to', coalesce(v_h->'reply_to', '[]'),
-                              'to', coalesce(v_h->'to', '[]'),
-                              'cc', coalesce(v_h->'cc', '[]')),
-           mail.parse_timestamptz(v_h->>'date'), v_h->>'date_raw', v_msgid, v_irt, v_refs,
-           v_h->>'list_id', v_h->>'auto_submitted',
-           coalesce((d->'malformed') = 'true'::jsonb, false),
-           ARRAY(SELECT jsonb_array_elements_text(
-                     CASE WHEN jsonb_typeof(d->'malformed_reasons') = 'array'
-                          THEN d->'malformed_reasons' ELSE '[]' END)),
-           d->>'action', d->>'reason', v_thread, d->'parts', jsonb_array_length(d->'attachments')
-      FROM (SELECT record_message.doc AS d) s
-    ON CONFLICT (mailmeta_id) DO NOTHING;
-    IF NOT FOUND THEN
-        RETURN v_id;                                 -- a concurrent replay won
-    END IF;
-
-    v_rcpts := ARRAY(SELECT DISTINCT left(r->>'address', 512)
-                       FROM jsonb_array_elements(record_message.doc->'recipients') AS r);
-    INSERT INTO mail.message_recipients (mailmeta_id, rcpt, received_at, user_id)
-    SELECT v_id, r, v_received, u.user_id
-      FROM unnest(v_rcpts) AS r
-      LEFT JOIN mail.users u ON u.address = lower(btrim(r, E' \t\r\n'));
-
-    INSERT INTO mail.user_messages (user_id, mailmeta_id, received_at, thread_id)
-    SELECT DISTINCT l.user_id, v_id, v_received, v_thread
-      FROM mail.local_recipients(v_rcpts) AS l
-     ORDER BY 1;
-
-    IF jsonb_array_length(record_message.doc->'attachments') > 0 THEN
-        INSERT INTO mail.attachment_blobs AS b (sha256, size_bytes, content_type, ref_count)
-        SELECT t.sha256, min(t.size_bytes), min(t.content_type), count(*)
-          FROM (SELECT decode(a->>'sha256', 'hex') AS sha256,
-                       mail.json_bigint(a->'size_bytes') AS size_bytes,
-                       lower(a->>'content_type') AS content_type
-                  FROM jsonb_array_elements(record_message.doc->'attachments') AS a
-                 WHERE a->>'sha256' ~* '^[0-9a-f]{64}$') t
-         GROUP BY t.sha256
-         ORDER BY t.sha256
-        ON CONFLICT (sha256) DO UPDATE SET ref_count = b.ref_count + excluded.ref_count;
-        INSERT INTO mail.attachment_parts (mailmeta_id, attachment_no, part, filename,
-                                           content_type, disposition, size_bytes, sha256)
-        SELECT v_id, a.ord, left(a.e->>'part', 512), a.e->>'filename', lower(a.e->>'content_type'),
-               lower(a.e->>'disposition'), mail.json_bigint(a.e->'size_bytes'),
-               CASE WHEN a.e->>'sha256' ~* '^[0-9a-f]{64}$' THEN decode(a.e->>'sha256', 'hex') END
-          FROM jsonb_array_elements(record_message.doc->'attachments') WITH ORDINALITY AS a (e, ord);
-    END IF;
-    RETURN v_id;
-END
-$$;
-COMMENT ON FUNCTION mail.record_message(jsonb) IS
-    'Records one message metadata document (doc/metadata-record.md) and returns its mailmeta_id. Idempotent: a document whose mailmeta_id is already recorded adds nothing. Raises 22023 when the document breaks the contract (nothing is stored), 25000 outside READ COMMITTED. Concurrent recorders of one conversation may rarely meet a deadlock (40P01): retry.';
-
+-- mail.record_messages stores a whole batch with one statement per table
+-- (not one per document):
+--
+--   1. one pass validates every document (the checks of metadata_problem as one expression; metadata_problem
+--      only explains the first bad one) and lists the documents to store --
+--      the first occurrence of each mailmeta_id not recorded yet -- and the
+--      message ids each mentions;
+--   2. the advisory locks of all those message ids, in one sorted order,
+--      then the advisory locks of the threads they already belong to (one
+--      index probe per id on thread_links; none in the common case of a new
+--      conversation), re-read until a concurrent merge moved nothing more;
+--   3. threads computed for the whole batch at once: documents sharing an
+--      id, or ids of one known thread, form a conversation, whose thread is
+--      the smallest of the known threads and of the mailmeta_ids of the
+--      documents that started it (mentioning only ids unknown so far) --
+--      what recording the documents one by one in order gives; known
+--      threads that lose are merged;
+--   4. one INSERT each into thread_links, messages, message_recipients with
+--      user_messages (the batch's recipients resolved by one
+--      local_recipients call), attachment_blobs (ON CONFLICT DO NOTHING:
+--      a popular attachment is never updated nor row-locked) and
+--      attachment_parts.
 CREATE FUNCTION mail.record_messages(docs jsonb) RETURNS SETOF uuid
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = mail, pg_temp
 AS $$
 DECLARE
-    v_doc     jsonb;
-    v_no      bigint;
-    v_problem text;
+    v_doc          jsonb;
+    v_no           bigint;
+    v_problem      text;
+    v_ords         bigint[];   -- positions in docs of the documents to store
+    v_mids         uuid[];     -- their mailmeta_ids
+    v_link_doc     integer[];  -- (index into v_mids, message id) it mentions
+    v_link_id      text[];
+    v_known_id     text[];     -- the ids among them already in thread_links
+    v_known_thread uuid[];     -- ... and their threads
+    v_locked       uuid[] := '{}';
+    v_new          uuid[];
+    v_threads      uuid[];     -- the thread of each document to store
+    v_stored       uuid[];     -- the documents actually inserted
+    v_losers       uuid[];     -- known threads merged into ...
+    v_winners      uuid[];     -- ... these
 BEGIN
     IF docs IS NULL OR jsonb_typeof(docs) <> 'array' THEN
         RAISE EXCEPTION 'record_messages wants a JSON array of metadata documents, not %',
                 coalesce(jsonb_typeof(docs), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- Refuse the whole batch before storing anything.
-    FOR v_doc, v_no IN SELECT e, ord FROM jsonb_array_elements(docs) WITH ORDINALITY AS x (e, ord) LOOP
+    -- Refuse the whole batch before storing anything. One pass evaluates,
+    -- per document, the conjunction of every check of metadata_problem;
+    -- metadata_problem then tells why the first document failing it is bad.
+    FOR v_doc, v_no IN SELECT x.e, x.ord FROM jsonb_array_elements(docs) WITH ORDINALITY AS x (e, ord)
+         WHERE NOT coalesce(
+            jsonb_typeof(x.e) = 'object'
+            AND x.e->'version' = '1'::jsonb
+            AND jsonb_typeof(x.e->'mailmeta_id') = 'string'
+            AND jsonb_typeof(x.e->'received_at') = 'string'
+            AND jsonb_typeof(x.e->'direction') = 'string'
+            AND jsonb_typeof(x.e->'action') = 'string'
+            AND jsonb_typeof(x.e->'recipients') = 'array'
+            AND jsonb_typeof(x.e->'headers') = 'object'
+            AND jsonb_typeof(x.e->'parts') = 'array'
+            AND jsonb_typeof(x.e->'attachments') = 'array'
+            AND coalesce(jsonb_typeof(x.e->'queue_id'), 'null') IN ('string', 'null')
+            AND coalesce(jsonb_typeof(x.e->'env_from'), 'null') IN ('string', 'null')
+            AND coalesce(jsonb_typeof(x.e->'sasl_user'), 'null') IN ('string', 'null')
+            AND coalesce(jsonb_typeof(x.e->'reason'), 'null') IN ('string', 'null')
+            AND coalesce(jsonb_typeof(x.e->'client'), 'null') IN ('object', 'null')
+            AND coalesce(jsonb_typeof(x.e->'tls'), 'null') IN ('object', 'null')
+            AND coalesce(jsonb_typeof(x.e->'size_bytes'), 'null') IN ('number', 'null')
+            AND coalesce(jsonb_typeof(x.e->'malformed'), 'null') IN ('boolean', 'null')
+            AND coalesce(jsonb_typeof(x.e->'malformed_reasons'), 'null') IN ('array', 'null')
+            AND x.e->>'mailmeta_id' ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+            AND x.e->>'direction' IN ('inbound', 'outbound', 'local')
+            AND x.e->>'action' IN ('accept', 'tempfail', 'reject', 'discard', 'hold')
+            AND NOT jsonb_path_exists(x.e, 'strict $.recipients[*] ? (@.type() != "object")', '{}', true)
+            AND NOT jsonb_path_exists(x.e, 'lax $.recipients[*] ? (!(@.address.type() == "string")
+                                                                   || @.address like_regex "^ *$")', '{}', true)
+            AND NOT jsonb_path_exists(x.e, 'strict $.attachments[*] ? (@.type() != "object")', '{}', true)
+            AND mail.parse_timestamptz(x.e->>'received_at') IS NOT NULL,
+            false)
+         ORDER BY x.ord LOOP
         v_problem := mail.metadata_problem(v_doc);
         IF v_problem IS NOT NULL THEN
             RAISE EXCEPTION 'invalid metadata document % of %: %', v_no,
@@ -576,21 +490,234 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
     END LOOP;
-    -- Take every message id lock of the batch up front, in one order, so
-    -- that concurrent batches cannot deadlock on them.
-    PERFORM mail.lock_message_ids(ARRAY(
-        SELECT mail.clean_message_id(x) FROM jsonb_array_elements(docs) AS e,
-               LATERAL (SELECT e->'headers'->>'message_id'
-                        UNION ALL SELECT unnest(mail.message_id_list(e->'headers'->'in_reply_to', 10))
-                        UNION ALL SELECT unnest(mail.message_id_list(e->'headers'->'references', 20))) AS i (x)
-         WHERE mail.clean_message_id(x) IS NOT NULL));
-    FOR v_doc IN SELECT e FROM jsonb_array_elements(docs) AS e LOOP
-        RETURN NEXT mail.record_message(v_doc);
-    END LOOP;
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'mail.record_messages must run at isolation level READ COMMITTED, not %',
+                upper(current_setting('transaction_isolation'))
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
+
+    -- 1. The documents to store (a replayed one is already recorded) and
+    --    the message ids they mention.
+    SELECT array_agg(d.ord ORDER BY d.ord), array_agg(d.mid ORDER BY d.ord)
+      INTO v_ords, v_mids
+      FROM (SELECT DISTINCT ON (mid) x.ord, (x.e->>'mailmeta_id')::uuid AS mid
+              FROM jsonb_array_elements(docs) WITH ORDINALITY AS x (e, ord)
+             ORDER BY mid, x.ord) d
+     WHERE NOT EXISTS (SELECT FROM mail.messages m WHERE m.mailmeta_id = d.mid);
+    IF v_mids IS NULL THEN
+        RETURN QUERY SELECT (x.e->>'mailmeta_id')::uuid
+                       FROM jsonb_array_elements(docs) WITH ORDINALITY AS x (e, ord) ORDER BY x.ord;
+        RETURN;
+    END IF;
+    SELECT array_agg(d.i ORDER BY d.i, l.id), array_agg(l.id ORDER BY d.i, l.id)
+      INTO v_link_doc, v_link_id
+      FROM unnest(v_ords) WITH ORDINALITY AS d (ord, i),
+           LATERAL (SELECT docs->(d.ord::integer - 1)->'headers' AS h) h,
+           LATERAL (SELECT DISTINCT x AS id
+                      FROM unnest(nullif(left(btrim(h.h->>'message_id', E' \t\r\n<>'), 512), '')
+                                  || CASE WHEN jsonb_typeof(h.h->'in_reply_to') IS DISTINCT FROM 'array' OR jsonb_array_length(h.h->'in_reply_to') = 0 THEN '{}'::text[]
+                                          WHEN jsonb_array_length(h.h->'in_reply_to') = 1 AND nullif(left(btrim(h.h->'in_reply_to'->>0, E' \t\r\n<>'), 512), '') IS NOT NULL
+                                          THEN ARRAY[nullif(left(btrim(h.h->'in_reply_to'->>0, E' \t\r\n<>'), 512), '')]
+                                          ELSE mail.message_id_list(h.h->'in_reply_to', 10) END
+                                  || CASE WHEN jsonb_typeof(h.h->'references') IS DISTINCT FROM 'array' OR jsonb_array_length(h.h->'references') = 0 THEN '{}'::text[]
+                                          WHEN jsonb_array_length(h.h->'references') = 1 AND nullif(left(btrim(h.h->'references'->>0, E' \t\r\n<>'), 512), '') IS NOT NULL
+                                          THEN ARRAY[nullif(left(btrim(h.h->'references'->>0, E' \t\r\n<>'), 512), '')]
+                                          ELSE mail.message_id_list(h.h->'references', 20) END) AS x
+                     WHERE x IS NOT NULL) l;
+
+    -- 2. Nobody else registers or reads these ids until we commit. Then lock
+    --    the threads they belong to; a merge that committed while we waited
+    --    may have moved them, so re-read until every thread is locked. A
+    --    thread's members change only under its lock.
+    IF v_link_id IS NOT NULL THEN
+        PERFORM mail.lock_message_ids(v_link_id);
+        LOOP
+            SELECT array_agg(t.message_id), array_agg(t.thread_id)
+              INTO v_known_id, v_known_thread
+              FROM mail.thread_links t
+             WHERE t.message_id = ANY (v_link_id);
+            SELECT array_agg(DISTINCT x ORDER BY x) INTO v_new
+              FROM unnest(v_known_thread) AS x
+             WHERE x <> ALL (v_locked);
+            EXIT WHEN v_new IS NULL;
+            -- 1953002084 = 'thrd' in ASCII.
+            PERFORM pg_advisory_xact_lock(1953002084, k)
+               FROM (SELECT DISTINCT hashtext(x::text) AS k FROM unnest(v_new) AS x ORDER BY 1) s;
+            v_locked := v_locked || v_new;
+        END LOOP;
+    END IF;
+
+    -- 3. The thread of each document, and the known threads to merge.
+    IF v_known_id IS NULL AND (SELECT count(DISTINCT x) FROM unnest(v_link_id) AS x)
+                              = coalesce(cardinality(v_link_id), 0) THEN
+        -- Common case: every document starts its own conversation.
+        v_threads := v_mids;
+    ELSE
+        WITH RECURSIVE
+        l AS (SELECT l.d, l.id, k.t, coalesce(k.t::text, l.id) AS key
+                FROM unnest(v_link_doc, v_link_id) AS l (d, id)
+                LEFT JOIN unnest(v_known_id, v_known_thread) AS k (id, t) ON k.id = l.id),
+        reach (d, c) AS (                            -- documents of one conversation
+            SELECT i, i FROM generate_subscripts(v_mids, 1) AS i
+            UNION
+            SELECT l2.d, r.c
+              FROM reach r
+              JOIN l l1 ON l1.d = r.d
+              JOIN l l2 ON l2.key = l1.key AND l2.d <> l1.d),
+        conv AS (SELECT r.d, min(r.c) AS c FROM reach r GROUP BY r.d),
+        cand AS (                                    -- the threads each conversation has
+            SELECT v.c, v_mids[v.d] AS t             -- started by a document ...
+              FROM conv v
+             WHERE NOT EXISTS (SELECT FROM l
+                                WHERE l.d = v.d
+                                  AND (l.t IS NOT NULL
+                                       OR EXISTS (SELECT FROM l l2 WHERE l2.key = l.key AND l2.d < l.d)))
+            UNION
+            SELECT v.c, l.t FROM conv v JOIN l ON l.d = v.d WHERE l.t IS NOT NULL),   -- ... or known
+        win AS (SELECT cand.c, (array_agg(cand.t ORDER BY cand.t))[1] AS t FROM cand GROUP BY cand.c),
+        doc AS (SELECT v.d, w.t FROM conv v JOIN win w ON w.c = v.c),
+        merge AS (SELECT DISTINCT l.t AS loser, w.t AS winner
+                    FROM l JOIN conv v ON v.d = l.d JOIN win w ON w.c = v.c
+                   WHERE l.t IS NOT NULL AND l.t <> w.t)
+        SELECT (SELECT array_agg(doc.t ORDER BY doc.d) FROM doc),
+               (SELECT array_agg(merge.loser ORDER BY merge.loser) FROM merge),
+               (SELECT array_agg(merge.winner ORDER BY merge.loser) FROM merge)
+          INTO v_threads, v_losers, v_winners;
+        IF v_losers IS NOT NULL THEN
+            UPDATE mail.thread_links t SET thread_id = m.winner
+              FROM unnest(v_losers, v_winners) AS m (loser, winner)
+             WHERE t.thread_id = m.loser;
+            UPDATE mail.user_messages um SET thread_id = m.winner
+              FROM unnest(v_losers, v_winners) AS m (loser, winner), mail.messages msg
+             WHERE msg.thread_id = m.loser AND um.mailmeta_id = msg.mailmeta_id;
+            UPDATE mail.messages msg SET thread_id = m.winner
+              FROM unnest(v_losers, v_winners) AS m (loser, winner)
+             WHERE msg.thread_id = m.loser;
+        END IF;
+    END IF;
+
+    -- 4. Store.
+    IF v_link_id IS NOT NULL THEN
+        INSERT INTO mail.thread_links (message_id, thread_id)
+        SELECT DISTINCT ON (l.id) l.id, v_threads[l.d]
+          FROM unnest(v_link_doc, v_link_id) AS l (d, id)
+         WHERE l.id <> ALL (coalesce(v_known_id, '{}'))
+         ORDER BY l.id
+        ON CONFLICT (message_id) DO NOTHING;
+    END IF;
+
+    WITH s AS (
+        SELECT docs->(s.ord::integer - 1) AS doc, s.mid, s.thread
+          FROM unnest(v_ords, v_mids, v_threads) AS s (ord, mid, thread)
+    ), ins AS (
+        INSERT INTO mail.messages (
+            mailmeta_id, queue_id, received_at, direction,
+            client_ip, client_name, helo, tls_version, tls_cipher, sasl_user, env_from, size_bytes,
+            subject, header_from, addresses, sent_at, date_raw, message_id, in_reply_to,
+            reference_ids, list_id, auto_submitted, malformed, malformed_reasons,
+            action, reason, thread_id, parts, attachment_count)
+        SELECT s.mid, left(d->>'queue_id', 512), mail.parse_timestamptz(d->>'received_at'), d->>'direction',
+               mail.parse_inet(d #>> '{client,ip}'), d #>> '{client,name}', d #>> '{client,helo}',
+               d #>> '{tls,version}', d #>> '{tls,cipher}', d->>'sasl_user',
+               left(d->>'env_from', 512), CASE WHEN jsonb_typeof(d->'size_bytes') = 'number' AND (d->'size_bytes' #>> '{}')::numeric BETWEEN 0 AND 9223372036854775807 THEN trunc((d->'size_bytes' #>> '{}')::numeric)::bigint END,
+               h->>'subject',
+               CASE WHEN jsonb_typeof(h->'from') = 'array' THEN h->'from'->0->>'address' END,
+               jsonb_build_object('from', coalesce(h->'from', '[]'),
+                                  'sender', coalesce(h->'sender', '[]'),
+                                  'reply_to', coalesce(h->'reply_to', '[]'),
+                                  'to', coalesce(h->'to', '[]'),
+                                  'cc', coalesce(h->'cc', '[]')),
+               mail.parse_timestamptz(h->>'date'), h->>'date_raw',
+               nullif(left(btrim(h->>'message_id', E' \t\r\n<>'), 512), ''),
+               CASE WHEN jsonb_typeof(h->'in_reply_to') IS DISTINCT FROM 'array' OR jsonb_array_length(h->'in_reply_to') = 0 THEN '{}'::text[]
+                    WHEN jsonb_array_length(h->'in_reply_to') = 1 AND nullif(left(btrim(h->'in_reply_to'->>0, E' \t\r\n<>'), 512), '') IS NOT NULL
+                    THEN ARRAY[nullif(left(btrim(h->'in_reply_to'->>0, E' \t\r\n<>'), 512), '')]
+                    ELSE mail.message_id_list(h->'in_reply_to', 10) END,
+               CASE WHEN jsonb_typeof(h->'references') IS DISTINCT FROM 'array' OR jsonb_array_length(h->'references') = 0 THEN '{}'::text[]
+                    WHEN jsonb_array_length(h->'references') = 1 AND nullif(left(btrim(h->'references'->>0, E' \t\r\n<>'), 512), '') IS NOT NULL
+                    THEN ARRAY[nullif(left(btrim(h->'references'->>0, E' \t\r\n<>'), 512), '')]
+                    ELSE mail.message_id_list(h->'references', 20) END,
+               h->>'list_id', h->>'auto_submitted',
+               coalesce((d->'malformed') = 'true'::jsonb, false),
+               CASE WHEN jsonb_typeof(d->'malformed_reasons') = 'array'
+                         AND jsonb_array_length(d->'malformed_reasons') > 0
+                    THEN ARRAY(SELECT jsonb_array_elements_text(d->'malformed_reasons'))
+                    ELSE '{}' END,
+               d->>'action', d->>'reason', s.thread, d->'parts', jsonb_array_length(d->'attachments')
+          FROM s, LATERAL (SELECT s.doc AS d, s.doc->'headers' AS h) x
+        ON CONFLICT (mailmeta_id) DO NOTHING        -- a concurrent replay won
+        RETURNING mailmeta_id, received_at, thread_id
+    )
+    SELECT array_agg(ins.mailmeta_id) INTO v_stored FROM ins;
+    IF v_stored IS NULL THEN
+        RETURN QUERY SELECT (x.e->>'mailmeta_id')::uuid
+                       FROM jsonb_array_elements(docs) WITH ORDINALITY AS x (e, ord) ORDER BY x.ord;
+        RETURN;
+    END IF;
+
+    WITH s AS MATERIALIZED (
+        SELECT x.d, s.mid, s.thread, mail.parse_timestamptz(x.d->>'received_at') AS received_at
+          FROM unnest(v_ords, v_mids, v_threads) AS s (ord, mid, thread),
+               LATERAL (SELECT docs->(s.ord::integer - 1) AS d) x
+         WHERE s.mid = ANY (v_stored)
+    ), r AS (
+        SELECT DISTINCT s.mid, s.received_at, s.thread, left(a->>'address', 512) AS rcpt
+          FROM s, jsonb_array_elements(s.d->'recipients') AS a
+    ), lr AS (
+        SELECT * FROM mail.local_recipients(ARRAY(SELECT DISTINCT r.rcpt FROM r))
+    ), ins AS (
+        INSERT INTO mail.message_recipients (mailmeta_id, rcpt, received_at, user_id)
+        SELECT r.mid, r.rcpt, r.received_at, u.user_id
+          FROM r LEFT JOIN mail.users u ON u.address = lower(btrim(r.rcpt, E' \t\r\n'))
+    )
+    INSERT INTO mail.user_messages (user_id, mailmeta_id, received_at, thread_id)
+    SELECT DISTINCT lr.user_id, r.mid, r.received_at, r.thread
+      FROM r JOIN lr ON lr.rcpt = r.rcpt;
+
+    WITH a AS (
+        SELECT o.mid, a.e, a.no,
+               CASE WHEN a.e->>'sha256' ~* '^[0-9a-f]{64}$' THEN decode(a.e->>'sha256', 'hex') END AS sha256
+          FROM unnest(v_ords, v_mids) AS o (ord, mid),
+               jsonb_array_elements(docs->(o.ord::integer - 1)->'attachments') WITH ORDINALITY AS a (e, no)
+         WHERE o.mid = ANY (v_stored)
+    ), b AS (
+        INSERT INTO mail.attachment_blobs (sha256, size_bytes, content_type)
+        SELECT a.sha256, min(CASE WHEN jsonb_typeof(a.e->'size_bytes') = 'number' AND (a.e->'size_bytes' #>> '{}')::numeric BETWEEN 0 AND 9223372036854775807 THEN trunc((a.e->'size_bytes' #>> '{}')::numeric)::bigint END), min(lower(a.e->>'content_type'))
+          FROM a WHERE a.sha256 IS NOT NULL
+         GROUP BY a.sha256
+         ORDER BY a.sha256
+        ON CONFLICT (sha256) DO NOTHING
+    )
+    INSERT INTO mail.attachment_parts (mailmeta_id, attachment_no, part, filename,
+                                       content_type, disposition, size_bytes, sha256)
+    SELECT a.mid, a.no, left(a.e->>'part', 512), a.e->>'filename', lower(a.e->>'content_type'),
+           lower(a.e->>'disposition'), CASE WHEN jsonb_typeof(a.e->'size_bytes') = 'number' AND (a.e->'size_bytes' #>> '{}')::numeric BETWEEN 0 AND 9223372036854775807 THEN trunc((a.e->'size_bytes' #>> '{}')::numeric)::bigint END, a.sha256
+      FROM a;
+
+    RETURN QUERY SELECT (x.e->>'mailmeta_id')::uuid
+                   FROM jsonb_array_elements(docs) WITH ORDINALITY AS x (e, ord) ORDER BY x.ord;
 END
 $$;
 COMMENT ON FUNCTION mail.record_messages(jsonb) IS
-    'Records a JSON array of metadata documents in one transaction, as record_message does each, and returns their mailmeta_ids in order. Raises 22023 naming the first bad document, and then stores none of them.';
+    'Records a JSON array of metadata documents (doc/metadata-record.md) in one transaction and returns their mailmeta_ids in order. Idempotent: a document whose mailmeta_id is already recorded (or repeated in the batch) adds nothing. Raises 22023 naming the first bad document, and then stores none of them; 25000 outside READ COMMITTED. Concurrent recorders of one conversation may rarely meet a deadlock (40P01): retry.';
+
+CREATE FUNCTION mail.record_message(doc jsonb) RETURNS uuid
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = mail, pg_temp
+AS $$
+DECLARE
+    v_problem text;
+BEGIN
+    v_problem := mail.metadata_problem(record_message.doc);
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid metadata document%: %',
+                coalesce(' ' || left(record_message.doc->>'mailmeta_id', 80), ''), v_problem
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN (SELECT x FROM mail.record_messages(jsonb_build_array(record_message.doc)) AS x LIMIT 1);
+END
+$$;
+COMMENT ON FUNCTION mail.record_message(jsonb) IS
+    'Records one message metadata document (doc/metadata-record.md) and returns its mailmeta_id, as record_messages does for a batch of one. Idempotent: a document whose mailmeta_id is already recorded adds nothing. Raises 22023 when the document breaks the contract (nothing is stored), 25000 outside READ COMMITTED. Concurrent recorders of one conversation may rarely meet a deadlock (40P01): retry.';
 
 -- ---------------------------------------------------------------- reporting
 
@@ -681,8 +808,9 @@ COMMENT ON FUNCTION mail.trace_time(timestamptz, timestamptz) IS
 REVOKE ALL ON FUNCTION
     mail.parse_timestamptz(text), mail.parse_inet(text), mail.json_bigint(jsonb),
     mail.clean_message_id(text), mail.message_id_list(jsonb, integer),
+    mail.message_id_list_all(jsonb, integer),
     mail.metadata_problem(jsonb), mail.local_recipients(text[]),
-    mail.lock_message_ids(text[]), mail.assign_thread(uuid, text[]),
+    mail.lock_message_ids(text[]),
     mail.record_message(jsonb), mail.record_messages(jsonb),
     mail.trace_queue_id(text), mail.trace_message_id(text),
     mail.trace_sender(text, timestamptz, timestamptz),

@@ -7,7 +7,7 @@
 -- message, checking that nothing was written.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(132);
+SELECT plan(143);
 \ir 06_helpers.psql
 
 -- ------------------------------------------------------------ structure
@@ -38,12 +38,14 @@ SELECT col_is_pk('mail', 'user_messages', ARRAY['user_id', 'mailmeta_id']::name[
 SELECT fk_ok('mail', 'user_messages', 'user_id', 'mail', 'users', 'user_id');
 SELECT has_index('mail', 'user_messages', 'user_messages_received_at_idx',
                  ARRAY['user_id', 'received_at'], 'a mailbox lists by (user_id, received_at)');
-SELECT columns_are('mail', 'attachment_blobs', ARRAY['sha256', 'size_bytes', 'content_type', 'first_seen', 'ref_count']);
+SELECT columns_are('mail', 'attachment_blobs', ARRAY['sha256', 'size_bytes', 'content_type', 'first_seen']);
 SELECT col_is_pk('mail', 'attachment_blobs', 'sha256', 'attachment_blobs keyed by sha256');
 SELECT col_type_is('mail', 'attachment_blobs', 'sha256', 'bytea', 'attachment_blobs.sha256 is bytea');
 SELECT columns_are('mail', 'attachment_parts', ARRAY['mailmeta_id', 'attachment_no', 'part', 'filename',
     'content_type', 'disposition', 'size_bytes', 'sha256']);
 SELECT fk_ok('mail', 'attachment_parts', 'sha256', 'mail', 'attachment_blobs', 'sha256');
+SELECT has_index('mail', 'attachment_parts', 'attachment_parts_sha256_idx', 'sha256',
+                 'a blob''s references are counted from attachment_parts by sha256');
 SELECT columns_are('mail', 'thread_links', ARRAY['message_id', 'thread_id']);
 SELECT col_is_pk('mail', 'thread_links', 'message_id', 'thread_links keyed by message_id');
 SELECT has_index('mail', 'messages', 'messages_queue_id_idx', 'queue_id', 'messages indexed by queue_id');
@@ -191,7 +193,9 @@ SELECT results_eq($$
               '0193f7a2-5c1e-7d3a-9b2f-4e8a1c2d3e4f') $$,
     'one per-user row, for the local user only');
 SELECT results_eq($$
-    SELECT encode(sha256, 'hex'), size_bytes, content_type, ref_count FROM mail.attachment_blobs ORDER BY 1 $$,
+    SELECT encode(b.sha256, 'hex'), b.size_bytes, b.content_type,
+           (SELECT count(*) FROM mail.attachment_parts p WHERE p.sha256 = b.sha256)
+      FROM mail.attachment_blobs b ORDER BY 1 $$,
     $$VALUES (repeat('9f', 32), 48213::bigint, 'application/pdf', 1::bigint),
              (repeat('c0', 32), 2048::bigint, 'image/png', 1::bigint) $$,
     'each attachment content is a blob with one reference');
@@ -219,7 +223,8 @@ SELECT results_eq($$SELECT * FROM mail.record_messages(jsonb_build_array(
 RESET ROLE;
 SELECT is(pg_temp.meta_state(), (SELECT s FROM first_state), 'a replayed document adds and changes nothing');
 SELECT is((SELECT count(*)::int FROM mail.messages), 1, 'still one message row');
-SELECT is((SELECT sum(ref_count)::int FROM mail.attachment_blobs), 2, 'blob references are not counted twice');
+SELECT is((SELECT count(*)::int FROM mail.attachment_parts WHERE sha256 IS NOT NULL), 2,
+          'blob references are not counted twice');
 
 -- ------------------------------------------------------------ local users reached
 SET LOCAL ROLE mailmeta_milter;
@@ -271,6 +276,8 @@ SELECT results_eq($$SELECT l.rcpt, u.address
     'local_recipients tells which users each recipient reaches');
 
 -- ------------------------------------------------------------ attachment dedup
+CREATE TEMP TABLE blob_before AS
+    SELECT sha256, xmin::text AS row_xmin, ctid::text AS row_ctid FROM mail.attachment_blobs;
 SET LOCAL ROLE mailmeta_milter;
 SELECT lives_ok($$SELECT mail.record_message(pg_temp.doc(5, jsonb_build_object('attachments', jsonb_build_array(
         jsonb_build_object('part', '2', 'filename', 'a.pdf', 'content_type', 'application/pdf',
@@ -283,10 +290,22 @@ SELECT lives_ok($$SELECT mail.record_message(pg_temp.doc(6, jsonb_build_object('
                            'disposition', 'attachment', 'size_bytes', 10, 'sha256', repeat('11', 32))))))$$,
     'records a second message carrying the same content twice');
 RESET ROLE;
-SELECT results_eq($$SELECT count(*)::int, min(ref_count)::int, min(content_type), min(size_bytes)::int
+SELECT results_eq($$SELECT count(*)::int, min(content_type), min(size_bytes)::int
                       FROM mail.attachment_blobs WHERE sha256 = decode(repeat('11', 32), 'hex')$$,
-                  $$VALUES (1, 3, 'application/pdf', 10)$$,
-                  'the same content is one blob, referenced three times, with the content type first seen');
+                  $$VALUES (1, 'application/pdf', 10)$$,
+                  'the same content is one blob, with the content type first seen');
+SELECT is((SELECT count(*)::int FROM mail.attachment_parts WHERE sha256 = decode(repeat('11', 32), 'hex')), 3,
+          '... referenced by three attachment rows');
+SET LOCAL ROLE mailmeta_milter;
+SELECT lives_ok($$SELECT mail.record_message(pg_temp.doc(30, jsonb_build_object('attachments', jsonb_build_array(
+        jsonb_build_object('part', '2', 'filename', 'logo.png', 'content_type', 'image/png',
+                           'disposition', 'inline', 'size_bytes', 2048, 'sha256', repeat('9f', 32))))))$$,
+    'records another message carrying a known content');
+RESET ROLE;
+SELECT results_eq($$SELECT b.sha256, b.xmin::text, b.ctid::text FROM mail.attachment_blobs b
+                     JOIN blob_before USING (sha256) ORDER BY 1$$,
+                  $$SELECT sha256, row_xmin, row_ctid FROM blob_before ORDER BY 1$$,
+                  'recording a message never updates a known blob');
 SELECT results_eq($$SELECT mailmeta_id, part, filename FROM mail.message_attachments
                      WHERE sha256 = repeat('11', 32) ORDER BY 1, 2$$,
                   $$VALUES (pg_temp.mid(5), '2', 'a.pdf'), (pg_temp.mid(6), '3', 'same content.bin'),
@@ -348,6 +367,10 @@ SELECT is(mail.parse_timestamptz(v), NULL, 'parse_timestamptz refuses ' || quote
   FROM unnest(ARRAY['now', 'epoch', 'infinity', 'today', '2000-01-01 00:00:00', '2000-13-01T00:00:00Z']) AS v;
 SELECT is(mail.parse_timestamptz('2000-05-17T19:30:20-04:00'), '2000-05-17 23:30:20+00'::timestamptz,
           'parse_timestamptz reads an offset');
+SELECT is(mail.message_id_list(v, 10), '{}'::text[], 'message_id_list of ' || v::text || ' is empty')
+  FROM unnest(ARRAY['["<>"]', '[null]', '[" <> ", null]', '[]', 'null', '{}']::jsonb[]) AS v;
+SELECT is(mail.message_id_list('["<a@x>", "b@x", " <a@x> "]', 10), ARRAY['a@x', 'b@x'],
+          'message_id_list cleans the ids and drops duplicates');
 
 -- ------------------------------------------------------------ refused documents
 SET LOCAL ROLE mailmeta_milter;

@@ -3,9 +3,11 @@
 -- parent starts the thread the parent then joins; a message linking two
 -- threads merges them into the smaller thread id (messages, per-user rows
 -- and links alike); a message that mentions no id is a thread of its own.
+-- Documents recorded together in one batch get the threads recording them
+-- one by one in batch order would give.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(16);
+SELECT plan(21);
 \ir 06_helpers.psql
 
 SET LOCAL ROLE mailmeta_admin;
@@ -77,6 +79,32 @@ SELECT is(pg_temp.thread(15), pg_temp.mid(12), 'a later reply to a merged-away t
 RESET ROLE;
 SELECT is((SELECT count(*)::int FROM mail.thread_links WHERE message_id IN ('a@x', 'k@x', 'n@x')), 3,
           'ids are registered without angle brackets, once each');
+
+-- ------------------------------------------------------------ in one batch
+SET LOCAL ROLE mailmeta_milter;
+SELECT mail.record_messages(jsonb_build_array(
+    pg_temp.doc(21, '{}', '{"message_id": "p@y"}'),
+    pg_temp.doc(22, '{}', '{"message_id": "q@y", "in_reply_to": ["p@y"]}')));
+SELECT is(ARRAY[pg_temp.thread(21), pg_temp.thread(22)], ARRAY[pg_temp.mid(21), pg_temp.mid(21)],
+          'in one batch, a reply joins its parent that comes before it');
+SELECT mail.record_messages(jsonb_build_array(
+    pg_temp.doc(24, '{}', '{"message_id": "s@y", "in_reply_to": ["r@y"]}'),
+    pg_temp.doc(23, '{}', '{"message_id": "r@y"}')));
+SELECT is(ARRAY[pg_temp.thread(23), pg_temp.thread(24)], ARRAY[pg_temp.mid(24), pg_temp.mid(24)],
+          'in one batch, a parent that comes after its reply joins the reply''s thread');
+SELECT mail.record_messages(jsonb_build_array(
+    pg_temp.doc(26, '{}', '{"message_id": "u@y", "in_reply_to": ["t@y"]}'),
+    pg_temp.doc(25, '{}', '{"message_id": "t@y", "references": ["s@y", "q@y"]}')));
+SELECT is(ARRAY(SELECT pg_temp.thread(i) FROM generate_series(21, 26) i),
+          array_fill(pg_temp.mid(21), ARRAY[6]),
+          'in one batch, a message linking two known threads and a reply to it: all merge into the smallest thread');
+RESET ROLE;
+SELECT is((SELECT array_agg(DISTINCT thread_id) FROM mail.user_messages
+            WHERE mailmeta_id IN (SELECT pg_temp.mid(i) FROM generate_series(21, 26) i)), ARRAY[pg_temp.mid(21)],
+          '... per-user rows included');
+SELECT is((SELECT array_agg(DISTINCT thread_id) FROM mail.thread_links
+            WHERE message_id IN ('p@y', 'q@y', 'r@y', 's@y', 't@y', 'u@y')), ARRAY[pg_temp.mid(21)],
+          '... and every id of the conversation');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -6,7 +6,7 @@
 -- and PUBLIC reach none of it.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(40);
+SELECT plan(41);
 \ir 06_helpers.psql
 
 CREATE ROLE mailmeta_test_nobody NOLOGIN;
@@ -75,7 +75,8 @@ SELECT lives_ok('SELECT * FROM mail.messages, mail.user_messages, mail.message_r
 SELECT throws_ok($$SELECT mail.record_message(pg_temp.doc(9))$$, '42501', NULL, 'admin cannot record messages');
 SELECT throws_ok($$DELETE FROM mail.messages$$, '42501', NULL, 'admin cannot delete messages directly');
 SELECT throws_ok($$UPDATE mail.user_messages SET thread_id = NULL$$, '42501', NULL, 'admin cannot update per-user rows');
-SELECT throws_ok($$SELECT mail.assign_thread(pg_temp.mid(9), ARRAY['x'])$$, '42501', NULL, 'admin cannot call internal helpers');
+SELECT throws_ok($$SELECT mail.lock_message_ids(ARRAY['x'])$$, '42501', NULL, 'admin cannot call internal helpers');
+SELECT throws_ok($$SELECT mail.metadata_problem('{}')$$, '42501', NULL, '... nor the validation helpers');
 RESET ROLE;
 
 SET LOCAL ROLE mailmeta_milter;
