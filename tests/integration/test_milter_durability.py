@@ -189,8 +189,9 @@ def supervisor_pid(stack):
 
 
 def milter_log(stack):
-    with open(os.path.join(stack.env["STACK_DIR"], "log", "milter.log"),
-              errors="replace") as f:
+    path = os.environ.get("MAILMETA_MILTER_LOG") or os.path.join(
+        stack.env["STACK_DIR"], "log", "milter.log")
+    with open(path, errors="replace") as f:
         return f.read()
 
 
