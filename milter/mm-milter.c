@@ -27,6 +27,7 @@
 #define MAILMETA_ID_HEADER "X-Mailmeta-ID"
 
 struct conn {
+	unsigned long no_reply;		/* SMFIP_NR_* steps Postfix agreed to */
 	struct mm_session session;
 	struct mm_message *msg;
 	unsigned forged_id_headers;	/* X-Mailmeta-ID headers that came in */
@@ -88,16 +89,41 @@ drop_message(struct conn *c)
 	c->forged_id_headers = 0;
 }
 
+/*
+ * Only end-of-message needs an answer today: every other step is sent
+ * without waiting for one (SMFIP_NR_*), which spares Postfix's cleanup and
+ * the milter a round trip per header.  MAIL and RCPT keep their replies
+ * for the policy checks that answer there.  Steps the milter has no use
+ * for are not sent at all.
+ */
+#define MM_NO_REPLY_STEPS (SMFIP_NR_CONN | SMFIP_NR_HELO | SMFIP_NR_HDR | \
+			   SMFIP_NR_EOH | SMFIP_NR_BODY)
+
 static sfsistat
 on_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1,
 	     unsigned long f2, unsigned long f3, unsigned long *pf0,
 	     unsigned long *pf1, unsigned long *pf2, unsigned long *pf3)
 {
-	(void)ctx, (void)f2, (void)f3;
+	struct conn *c = calloc(1, sizeof(*c));
+
+	(void)f2, (void)f3;
+	if (c == NULL)
+		return SMFIS_REJECT;	/* the MTA then applies its default action */
 	*pf0 = f0 & (SMFIF_ADDHDRS | SMFIF_CHGHDRS);
-	*pf1 = f1 & SMFIP_HDR_LEADSPC;	/* header values exactly as sent */
+	/* header values exactly as sent; no DATA or unknown-command events */
+	*pf1 = f1 & (SMFIP_HDR_LEADSPC | SMFIP_NODATA | SMFIP_NOUNKNOWN |
+		     MM_NO_REPLY_STEPS);
 	*pf2 = *pf3 = 0;
+	c->no_reply = *pf1 & MM_NO_REPLY_STEPS;
+	smfi_setpriv(ctx, c);
 	return SMFIS_CONTINUE;
+}
+
+/* What a step without a verdict answers: nothing, when so agreed. */
+static sfsistat
+step_done(const struct conn *c, unsigned long step)
+{
+	return c && (c->no_reply & step) ? SMFIS_NOREPLY : SMFIS_CONTINUE;
 }
 
 static char *
@@ -119,14 +145,16 @@ address_text(const struct sockaddr *sa)
 static sfsistat
 on_connect(SMFICTX *ctx, char *hostname, _SOCK_ADDR *addr)
 {
-	struct conn *c = calloc(1, sizeof(*c));
+	struct conn *c = smfi_getpriv(ctx);
 
-	if (c == NULL)
-		return SMFIS_TEMPFAIL;
+	if (c == NULL) {	/* an MTA that did not negotiate */
+		if ((c = calloc(1, sizeof(*c))) == NULL)
+			return SMFIS_TEMPFAIL;
+		smfi_setpriv(ctx, c);
+	}
 	c->session.client_ip = address_text(addr);
 	c->session.client_name = dup_or_null(hostname);
-	smfi_setpriv(ctx, c);
-	return SMFIS_CONTINUE;
+	return step_done(c, SMFIP_NR_CONN);
 }
 
 static sfsistat
@@ -136,7 +164,7 @@ on_helo(SMFICTX *ctx, char *helo)
 
 	free(c->session.helo);
 	c->session.helo = dup_or_null(helo);
-	return SMFIS_CONTINUE;
+	return step_done(c, SMFIP_NR_HELO);
 }
 
 /* The limits in force; TMPDIR (PATH_MAX bytes) receives the spool directory. */
@@ -216,15 +244,14 @@ on_header(SMFICTX *ctx, char *name, char *value)
 {
 	struct conn *c = smfi_getpriv(ctx);
 
-	if (c->msg == NULL)
-		return SMFIS_TEMPFAIL;
+	if (c->msg == NULL)	/* end-of-message answers for it */
+		return step_done(c, SMFIP_NR_HDR);
 	/* Ours alone: one that arrives with the message is removed at the end. */
-	if (strcasecmp(name, MAILMETA_ID_HEADER) == 0) {
+	if (strcasecmp(name, MAILMETA_ID_HEADER) == 0)
 		c->forged_id_headers++;
-		return SMFIS_CONTINUE;
-	}
-	mm_message_add_header(c->msg, name, value);
-	return SMFIS_CONTINUE;
+	else
+		mm_message_add_header(c->msg, name, value);
+	return step_done(c, SMFIP_NR_HDR);
 }
 
 static sfsistat
@@ -232,10 +259,9 @@ on_eoh(SMFICTX *ctx)
 {
 	struct conn *c = smfi_getpriv(ctx);
 
-	if (c->msg == NULL)
-		return SMFIS_TEMPFAIL;
-	mm_message_end_headers(c->msg);
-	return SMFIS_CONTINUE;
+	if (c->msg)
+		mm_message_end_headers(c->msg);
+	return step_done(c, SMFIP_NR_EOH);
 }
 
 static sfsistat
@@ -243,10 +269,9 @@ on_body(SMFICTX *ctx, unsigned char *data, size_t len)
 {
 	struct conn *c = smfi_getpriv(ctx);
 
-	if (c->msg == NULL)
-		return SMFIS_TEMPFAIL;
-	mm_message_add_body(c->msg, data, len);
-	return SMFIS_CONTINUE;
+	if (c->msg)
+		mm_message_add_body(c->msg, data, len);
+	return step_done(c, SMFIP_NR_BODY);
 }
 
 /* Commits DOC, or journals it; false when neither worked in time. */

@@ -28,12 +28,12 @@ struct job {
 	enum job_state state;
 	enum mm_write_result result;
 	bool abandoned;
+	pthread_cond_t done;	/* its own: a finished batch wakes only its waiters */
 };
 
 struct mm_writer {
 	pthread_mutex_t lock;
 	pthread_cond_t work;		/* a job was queued, or stopping */
-	pthread_cond_t done;		/* some job finished */
 	struct job *head, *tail;
 	char *conninfo;
 	unsigned conninfo_generation;
@@ -68,6 +68,7 @@ one_line(const char *text, char *buf, size_t size)
 static void
 job_free(struct job *j)
 {
+	pthread_cond_destroy(&j->done);
 	free(j->doc);
 	free(j);
 }
@@ -251,8 +252,9 @@ worker_main(void *arg)
 			jobs[i]->state = JOB_DONE;
 			if (jobs[i]->abandoned)
 				job_free(jobs[i]);
+			else
+				pthread_cond_signal(&jobs[i]->done);
 		}
-		pthread_cond_broadcast(&w->done);
 	}
 	pthread_mutex_unlock(&w->lock);
 	if (wk.conn)
@@ -268,7 +270,6 @@ mm_writer_start(const char *conninfo, unsigned pool_size, unsigned batch_size)
 
 	pthread_mutex_init(&w->lock, NULL);
 	pthread_cond_init(&w->work, NULL);
-	pthread_cond_init(&w->done, NULL);
 	w->conninfo = strdup(conninfo);
 	w->batch_size = batch_size;
 	w->pool_size = pool_size;
@@ -306,6 +307,7 @@ mm_writer_record(struct mm_writer *w, const char *doc, unsigned timeout_ms)
 	enum mm_write_result result;
 
 	j->doc = strdup(doc);
+	pthread_cond_init(&j->done, NULL);
 	deadline_after(&deadline, timeout_ms);
 	pthread_mutex_lock(&w->lock);
 	if (w->tail)
@@ -315,7 +317,7 @@ mm_writer_record(struct mm_writer *w, const char *doc, unsigned timeout_ms)
 	w->tail = j;
 	pthread_cond_signal(&w->work);
 	while (j->state != JOB_DONE) {
-		if (pthread_cond_timedwait(&w->done, &w->lock, &deadline) == ETIMEDOUT &&
+		if (pthread_cond_timedwait(&j->done, &w->lock, &deadline) == ETIMEDOUT &&
 		    j->state != JOB_DONE)
 			break;
 	}
@@ -359,7 +361,6 @@ mm_writer_stop(struct mm_writer **wp)
 	free(w->conninfo);
 	pthread_mutex_destroy(&w->lock);
 	pthread_cond_destroy(&w->work);
-	pthread_cond_destroy(&w->done);
 	free(w);
 	*wp = NULL;
 }
