@@ -20,19 +20,8 @@
 #include <openssl/evp.h>
 
 #include "mm-extract.h"
+#include "test-common.h"
 
-static int failures;
-
-#define CHECK(cond) mm_check((cond) != 0, #cond, __LINE__)
-
-static void
-mm_check(int ok, const char *what, int line)
-{
-	if (!ok) {
-		fprintf(stderr, "test-extract.c:%d: FAILED: %s\n", line, what);
-		failures++;
-	}
-}
 
 /* Feeds msg in chunks of the given size (0: at once) and finishes. */
 static json_t *
@@ -397,7 +386,5 @@ main(void)
 	test_many_parts();
 	test_truncated_base64();
 	test_big_attachment();
-	if (failures > 0)
-		fprintf(stderr, "test-extract: %d checks failed\n", failures);
-	return failures > 0;
+	return test_result();
 }

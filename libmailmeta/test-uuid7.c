@@ -14,19 +14,8 @@
 #include <time.h>
 
 #include "mm-id.h"
+#include "test-common.h"
 
-static int failures;
-
-#define CHECK(cond) mm_check((cond) != 0, #cond, __LINE__)
-
-static void
-mm_check(int ok, const char *what, int line)
-{
-	if (!ok) {
-		fprintf(stderr, "test-uuid7.c:%d: FAILED: %s\n", line, what);
-		failures++;
-	}
-}
 
 static int
 well_formed(const char *u)
@@ -90,5 +79,5 @@ main(void)
 {
 	test_uuid7();
 	test_rfc3339();
-	return failures > 0;
+	return test_result();
 }

@@ -1,6 +1,7 @@
 /*
- * test-common.h - the smallest assertion helper for the milter's unit tests:
- * a failed CHECK prints where and what, and the test exits non-zero.
+ * test-common.h - the smallest assertion helper, shared by the C unit tests
+ * of libmailmeta and the milter: a failed CHECK prints where and what, and
+ * test_result() makes the test exit non-zero.
  */
 #ifndef TEST_COMMON_H
 #define TEST_COMMON_H
