@@ -100,7 +100,7 @@ COMMENT ON TABLE mail.messages IS
     'One row per message the milter handled, keyed by its mailmeta_id (the X-Mailmeta-ID header). Envelope, session and selected header fields; never the body. Written only by mail.record_message.';
 COMMENT ON COLUMN mail.messages.queue_id IS 'Postfix queue id.';
 COMMENT ON COLUMN mail.messages.received_at IS 'When the milter saw the end of the message.';
-COMMENT ON COLUMN mail.messages.direction IS 'inbound (unauthenticated SMTP), outbound (authenticated or local submission with an outside recipient), local (authenticated or local submission, every recipient local).';
+COMMENT ON COLUMN mail.messages.direction IS 'inbound (unauthenticated SMTP), outbound (authenticated or local submission with an outside recipient), local (authenticated or local submission, every recipient local: by Postfix transport, or by domain when the writer could not tell).';
 COMMENT ON COLUMN mail.messages.client_ip IS 'SMTP client address; NULL for local submission or when the value was not an IP address.';
 COMMENT ON COLUMN mail.messages.env_from IS 'Envelope sender without angle brackets; empty for the null sender <>.';
 COMMENT ON COLUMN mail.messages.size_bytes IS 'Raw message size as received (headers and body, CRLF line ends).';
@@ -616,7 +616,19 @@ BEGIN
             subject, header_from, addresses, sent_at, date_raw, message_id, in_reply_to,
             reference_ids, list_id, auto_submitted, malformed, malformed_reasons,
             action, reason, thread_id, parts, attachment_count)
-        SELECT s.mid, left(d->>'queue_id', 512), mail.parse_timestamptz(d->>'received_at'), d->>'direction',
+        SELECT s.mid, left(d->>'queue_id', 512), mail.parse_timestamptz(d->>'received_at'),
+               -- "outbound" from a writer that could not tell where every
+               -- recipient goes (sendmail(1) mail has no Postfix transport
+               -- per recipient) becomes "local" when every recipient's
+               -- domain is one of ours.
+               CASE WHEN d->>'direction' = 'outbound'
+                     AND jsonb_array_length(d->'recipients') > 0
+                     AND NOT EXISTS (
+                         SELECT 1 FROM jsonb_array_elements(d->'recipients') r
+                          WHERE NOT EXISTS (
+                              SELECT 1 FROM mail.domains dm
+                               WHERE dm.domain = lower(split_part(r->>'address', '@', 2))))
+                    THEN 'local' ELSE d->>'direction' END,
                mail.parse_inet(d #>> '{client,ip}'), d #>> '{client,name}', d #>> '{client,helo}',
                d #>> '{tls,version}', d #>> '{tls,cipher}', d->>'sasl_user',
                left(d->>'env_from', 512), CASE WHEN jsonb_typeof(d->'size_bytes') = 'number' AND (d->'size_bytes' #>> '{}')::numeric BETWEEN 0 AND 9223372036854775807 THEN trunc((d->'size_bytes' #>> '{}')::numeric)::bigint END,

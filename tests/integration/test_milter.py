@@ -187,3 +187,18 @@ def test_same_attachment_in_two_messages_is_stored_once(stack, directory):
     blobs = stack.sql("SELECT count(*) FROM mail.attachment_blobs"
                       " WHERE sha256 = decode(%s, 'hex')", digest)
     assert blobs == [["1"]]
+
+
+def test_local_submission_is_recorded_without_a_client(stack, directory):
+    import subprocess
+    d = directory
+    subject = f"sendmail {uuid.uuid4().hex}"
+    raw = f"From: {d.alice}\nTo: {d.bob}\nSubject: {subject}\n\nfrom sendmail(1)\n"
+    subprocess.run(["sendmail", "-C", stack.env["POSTFIX_CONFIG_DIR"], "-f", d.alice, d.bob],
+                   input=raw.encode(), check=True, timeout=30)
+    raw_delivered = stack.wait_for_imap(d.bob, d.passwords[d.bob], subject)
+    mid = delivered_id(raw_delivered)
+    row = wait_rows(stack, "mailmeta_id = %s::uuid", mid)[0]
+    assert row["direction"] == "local"
+    assert row["client_ip"] == "" and row["helo"] == ""
+    assert row["env_from"] == d.alice

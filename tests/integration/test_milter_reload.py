@@ -70,3 +70,31 @@ def test_sighup_keeps_the_old_configuration_when_the_new_is_invalid(stack, direc
         shutil.copy2(backup, path)
         os.unlink(backup)
         hup_and_wait_for(stack, "configuration reloaded")
+
+
+def test_on_failure_tempfail_refuses_instead_of_journaling(stack, directory):
+    import smtplib
+    path = config_path(stack)
+    backup = path + ".orig"
+    shutil.copy2(path, backup)
+    tag = f"tempfail-{os.getpid()}-{time.time_ns()}"
+    try:
+        edit_config(path, r"^on_failure = .*$", "on_failure = tempfail")
+        hup_and_wait_for(stack, "configuration reloaded")
+        stack.sql("ALTER ROLE mailmeta_milter NOLOGIN", user="postgres")
+        stack.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                  " WHERE usename = 'mailmeta_milter'", user="postgres")
+        msg = new_message("sender@outside.example", [directory.alice])
+        msg.replace_header("Subject", tag)
+        with stack.smtp() as s:
+            try:
+                s.send_message(msg, to_addrs=[directory.alice])
+                raise AssertionError("accepted although nothing could be recorded")
+            except smtplib.SMTPDataError as e:
+                assert e.smtp_code == 451 and b"4.3.0" in e.smtp_error
+    finally:
+        stack.sql("ALTER ROLE mailmeta_milter LOGIN", user="postgres")
+        shutil.copy2(backup, path)
+        os.unlink(backup)
+        hup_and_wait_for(stack, "configuration reloaded")
+    assert stack.sql("SELECT count(*) FROM mail.messages WHERE subject = %s", tag) == [["0"]]
