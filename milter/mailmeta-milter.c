@@ -7,8 +7,9 @@
  * does nothing else:
  *   SIGHUP   the new configuration is checked here; only a valid one is
  *            passed on (over a pipe) and the filter swaps it in;
- *   SIGTERM  forwarded: the filter stops listening, finishes storing the
- *            messages at their end, stops its writers and exits;
+ *   SIGTERM  passed on (over the pipe): the filter defers new messages,
+ *            finishes storing those at their end, stops its writers and
+ *            exits; one that does not within 40 s is killed;
  *   filter crash  logged and the filter restarted after a second.
  * The filter process drops to the configured user before it opens the
  * milter socket, the journal or the database.
@@ -26,6 +27,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <libmilter/mfapi.h>
@@ -140,7 +142,9 @@ struct control {
 	int fd;
 };
 
-/* Reads reload requests from the supervisor. */
+static _Noreturn void stop_filter(void);
+
+/* Reads the supervisor's requests: 'r' reload, 't' stop. */
 static void *
 control_loop(void *arg)
 {
@@ -149,9 +153,11 @@ control_loop(void *arg)
 
 	while (read(ctl->fd, &cmd, 1) == 1) {
 		char *err = NULL;
-		struct mm_config *cfg = mm_config_load(config_path, &err);
+		struct mm_config *cfg;
 
-		if (cfg == NULL) {
+		if (cmd == 't')
+			stop_filter();
+		if ((cfg = mm_config_load(config_path, &err)) == NULL) {
 			mm_error("reload: %s; keeping the old configuration", err);
 			free(err);
 			continue;
@@ -160,7 +166,8 @@ control_loop(void *arg)
 		mm_milter_set_config(cfg);
 		mm_info("configuration reloaded from %s", config_path);
 	}
-	return NULL;
+	/* The supervisor is gone: so are we. */
+	stop_filter();
 }
 
 static void
@@ -174,14 +181,27 @@ start_thread(void *(*fn)(void *), void *arg)
 	pthread_detach(t);
 }
 
-static void
-drain(void)
+/*
+ * Stopping does not go through libmilter's own shutdown, which can hang
+ * with sessions in flight: messages reaching their end from now on are
+ * deferred, those being stored are finished (at most DRAIN_SECONDS), the
+ * writers stop, and the process exits.  Postfix defers whatever else was
+ * in progress (milter_default_action), so nothing is lost.
+ */
+static _Noreturn void
+stop_filter(void)
 {
+	mm_info("stopping: finishing the messages being stored");
+	mm_milter_stop_storing();
 	for (int i = 0; i < DRAIN_SECONDS * 10 && mm_milter_storing_messages() > 0; i++)
 		usleep(100000);
 	if (mm_milter_storing_messages() > 0)
 		mm_warn("stopping with %u message(s) still being stored",
 			mm_milter_storing_messages());
+	else
+		mm_writer_stop(&writer);
+	mm_info("stopped");
+	_exit(0);
 }
 
 static _Noreturn void
@@ -210,12 +230,7 @@ run_filter(struct mm_config *cfg, int control_fd)
 	start_thread(replay_loop, &replay_interval);
 
 	smfi_main();
-
-	mm_info("stopping: finishing the messages being stored");
-	drain();
-	mm_writer_stop(&writer);
-	mm_info("stopped");
-	_exit(0);
+	stop_filter();	/* libmilter stopped on its own (a signal sent to us) */
 }
 
 /* -------------------------------------------------------- supervisor */
@@ -285,6 +300,8 @@ supervise(const char *pidfile)
 	int sig, control_fd, status;
 	pid_t child;
 	bool stopping = false;
+	struct timespec tick = { .tv_sec = 1 };
+	time_t kill_at = 0;
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGHUP);
@@ -297,13 +314,19 @@ supervise(const char *pidfile)
 	child = spawn_filter(&control_fd);
 
 	for (;;) {
-		if (sigwait(&set, &sig) != 0)
-			continue;
+		sig = sigtimedwait(&set, NULL, &tick);
+		if (stopping && kill_at && time(NULL) >= kill_at) {
+			mm_warn("filter process %ld did not stop; killing it", (long)child);
+			kill(child, SIGKILL);
+			kill_at = 0;
+		}
 		if (sig == SIGHUP && !stopping) {
 			reload(control_fd);
-		} else if (sig == SIGTERM || sig == SIGINT) {
+		} else if ((sig == SIGTERM || sig == SIGINT) && !stopping) {
 			stopping = true;
-			kill(child, SIGTERM);
+			kill_at = time(NULL) + DRAIN_SECONDS + 10;
+			if (write(control_fd, "t", 1) != 1)
+				kill(child, SIGTERM);
 		} else if (sig == SIGCHLD) {
 			if (waitpid(child, &status, WNOHANG) != child)
 				continue;

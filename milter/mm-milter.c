@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,7 @@ static struct mm_config *config;
 static pthread_rwlock_t config_lock = PTHREAD_RWLOCK_INITIALIZER;
 static pthread_mutex_t storing_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned storing_messages;
+static bool stopping;		/* under storing_lock */
 
 void
 mm_milter_set_config(struct mm_config *cfg)
@@ -60,11 +62,33 @@ mm_milter_storing_messages(void)
 	return n;
 }
 
-static void
-count_storing(int delta)
+void
+mm_milter_stop_storing(void)
 {
 	pthread_mutex_lock(&storing_lock);
-	storing_messages += delta;
+	stopping = true;
+	pthread_mutex_unlock(&storing_lock);
+}
+
+/* Counts a message into the store stage; false once stopping. */
+static bool
+begin_storing(void)
+{
+	bool ok;
+
+	pthread_mutex_lock(&storing_lock);
+	ok = !stopping;
+	if (ok)
+		storing_messages++;
+	pthread_mutex_unlock(&storing_lock);
+	return ok;
+}
+
+static void
+end_storing(void)
+{
+	pthread_mutex_lock(&storing_lock);
+	storing_messages--;
 	pthread_mutex_unlock(&storing_lock);
 }
 
@@ -336,7 +360,12 @@ on_eom(SMFICTX *ctx)
 		return SMFIS_TEMPFAIL;
 	if (queue_id == NULL)
 		queue_id = "NOQUEUE";
-	count_storing(1);
+	if (!begin_storing()) {
+		smfi_setreply(ctx, "451", "4.3.2",
+			      "Mail filter restarting, try again later");
+		drop_message(c);
+		return SMFIS_TEMPFAIL;
+	}
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	doc = mm_message_document(c->msg, &c->session, queue_id, "accept", NULL);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -355,7 +384,7 @@ on_eom(SMFICTX *ctx)
 	}
 	free(doc);
 	drop_message(c);
-	count_storing(-1);
+	end_storing();
 	return verdict;
 }
 

@@ -18,5 +18,7 @@ void mm_milter_set_config(struct mm_config *cfg);
  * them.  (Sessions still sending are dropped by libmilter when it stops,
  * and Postfix defers those messages.) */
 unsigned mm_milter_storing_messages(void);
+/* From now on messages at their end are deferred (451 4.3.2), not stored. */
+void mm_milter_stop_storing(void);
 
 #endif
