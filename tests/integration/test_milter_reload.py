@@ -2,9 +2,9 @@
 taken without restarting the filter, an invalid one is reported and the
 old settings stay.  Mail keeps flowing either way."""
 
+import contextlib
 import os
 import re
-import shutil
 import signal
 import time
 
@@ -30,71 +30,61 @@ def hup_and_wait_for(stack, text):
     wait_until(lambda: text in milter_log(stack)[start:], 10, repr(text))
 
 
-def edit_config(path, pattern, replacement):
+@contextlib.contextmanager
+def edited_config(stack, pattern, replacement, expect):
+    """The milter's configuration with PATTERN replaced, signalled with
+    SIGHUP until EXPECT is logged; the original is put back (and reloaded)
+    afterwards."""
+    path = config_path(stack)
     with open(path) as f:
-        text = f.read()
-    new = re.sub(pattern, replacement, text, flags=re.M)
-    assert new != text
-    with open(path, "w") as f:
-        f.write(new)
+        original = f.read()
+    edited = re.sub(pattern, replacement, original, flags=re.M)
+    assert edited != original
+    try:
+        with open(path, "w") as f:
+            f.write(edited)
+        hup_and_wait_for(stack, expect)
+        yield
+    finally:
+        with open(path, "w") as f:
+            f.write(original)
+        hup_and_wait_for(stack, "configuration reloaded")
 
 
 def test_sighup_takes_a_valid_configuration(stack, directory):
-    path = config_path(stack)
-    backup = path + ".orig"
-    shutil.copy2(path, backup)
     before = filter_pid(stack)
-    try:
-        edit_config(path, r"^commit_timeout_ms = .*$", "commit_timeout_ms = 2500")
-        hup_and_wait_for(stack, "configuration reloaded")
+    with edited_config(stack, r"^commit_timeout_ms = .*$", "commit_timeout_ms = 2500",
+                       "configuration reloaded"):
         assert filter_pid(stack) == before
         send_and_wait(stack, directory)
-    finally:
-        shutil.copy2(backup, path)
-        os.unlink(backup)
-        hup_and_wait_for(stack, "configuration reloaded")
 
 
 def test_sighup_keeps_the_old_configuration_when_the_new_is_invalid(stack, directory):
-    path = config_path(stack)
-    backup = path + ".orig"
-    shutil.copy2(path, backup)
     before = filter_pid(stack)
-    try:
-        edit_config(path, r"^on_failure = .*$", "on_failure = sometimes")
-        hup_and_wait_for(stack, "keeping the old configuration")
+    with edited_config(stack, r"^on_failure = .*$", "on_failure = sometimes",
+                       "keeping the old configuration"):
         assert "on_failure = sometimes: expected journal or tempfail" in milter_log(stack)
         assert filter_pid(stack) == before
         send_and_wait(stack, directory)
-    finally:
-        shutil.copy2(backup, path)
-        os.unlink(backup)
-        hup_and_wait_for(stack, "configuration reloaded")
 
 
 def test_on_failure_tempfail_refuses_instead_of_journaling(stack, directory):
     import smtplib
-    path = config_path(stack)
-    backup = path + ".orig"
-    shutil.copy2(path, backup)
     tag = f"tempfail-{os.getpid()}-{time.time_ns()}"
-    try:
-        edit_config(path, r"^on_failure = .*$", "on_failure = tempfail")
-        hup_and_wait_for(stack, "configuration reloaded")
+    with edited_config(stack, r"^on_failure = .*$", "on_failure = tempfail",
+                       "configuration reloaded"):
         stack.sql("ALTER ROLE mailmeta_milter NOLOGIN", user="postgres")
-        stack.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                  " WHERE usename = 'mailmeta_milter'", user="postgres")
-        msg = new_message("sender@outside.example", [directory.alice])
-        msg.replace_header("Subject", tag)
-        with stack.smtp() as s:
-            try:
-                s.send_message(msg, to_addrs=[directory.alice])
-                raise AssertionError("accepted although nothing could be recorded")
-            except smtplib.SMTPDataError as e:
-                assert e.smtp_code == 451 and b"4.3.0" in e.smtp_error
-    finally:
-        stack.sql("ALTER ROLE mailmeta_milter LOGIN", user="postgres")
-        shutil.copy2(backup, path)
-        os.unlink(backup)
-        hup_and_wait_for(stack, "configuration reloaded")
+        try:
+            stack.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                      " WHERE usename = 'mailmeta_milter'", user="postgres")
+            msg = new_message("sender@outside.example", [directory.alice])
+            msg.replace_header("Subject", tag)
+            with stack.smtp() as s:
+                try:
+                    s.send_message(msg, to_addrs=[directory.alice])
+                    raise AssertionError("accepted although nothing could be recorded")
+                except smtplib.SMTPDataError as e:
+                    assert e.smtp_code == 451 and b"4.3.0" in e.smtp_error
+        finally:
+            stack.sql("ALTER ROLE mailmeta_milter LOGIN", user="postgres")
     assert stack.sql("SELECT count(*) FROM mail.messages WHERE subject = %s", tag) == [["0"]]
