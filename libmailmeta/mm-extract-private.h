@@ -33,9 +33,6 @@ struct mm_extract {
 /* Adds a reason to malformed_reasons unless it is already there. */
 void mm_reason(struct mm_extract *x, const char *reason);
 
-/* A JSON string of s made valid UTF-8 (bad bytes -> U+FFFD); null for NULL. */
-json_t *mm_json_str(const char *s);
-
 /* headers: the top-level header fields of msg (msg may be NULL). */
 json_t *mm_headers_json(struct mm_extract *x, GMimeMessage *msg);
 

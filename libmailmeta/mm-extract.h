@@ -59,6 +59,11 @@ json_t *mm_extract_finish(struct mm_extract *x);
 /* Frees x and its spool file, and sets *x to NULL.  NULL-safe. */
 void mm_extract_free(struct mm_extract **x);
 
+/* A JSON string of s made valid UTF-8 (bad bytes -> U+FFFD); null for
+   NULL.  For whatever else a writer puts into the record (SMTP envelope,
+   HELO), so that no peer's bytes can make the document invalid JSON. */
+json_t *mm_json_str(const char *s);
+
 /* Whether the message was spooled to a file (for tests and logging). */
 int mm_extract_spooled(const struct mm_extract *x);
 

@@ -25,8 +25,6 @@ struct mm_message {
 	bool any_remote;
 };
 
-static json_t *string_or_null(const char *s);
-
 static char *
 dup_or_null(const char *s)
 {
@@ -111,7 +109,7 @@ mm_message_add_recipient(struct mm_message *m, const char *rcpt, bool local)
 	char *addr = mm_strip_angles(rcpt);
 	json_t *entry = json_object();
 
-	json_object_set_new(entry, "address", string_or_null(addr));
+	json_object_set_new(entry, "address", mm_json_str(addr));
 	json_array_append_new(m->recipients, entry);
 	free(addr);
 	if (!local)
@@ -153,27 +151,6 @@ direction(const struct mm_message *m, const struct mm_session *s)
 	return m->any_remote ? "outbound" : "local";
 }
 
-/* A JSON string, or null for NULL.  SMTP peers may send any bytes: what
- * is not valid UTF-8 has its non-ASCII bytes replaced by '?'. */
-static json_t *
-string_or_null(const char *s)
-{
-	json_t *j;
-	char *copy;
-
-	if (s == NULL)
-		return json_null();
-	if ((j = json_string(s)) != NULL)
-		return j;
-	copy = strdup(s);
-	for (unsigned char *p = (unsigned char *)copy; *p; p++)
-		if (*p >= 0x80)
-			*p = '?';
-	j = json_string(copy);
-	free(copy);
-	return j;
-}
-
 static json_t *
 session_json(const struct mm_session *s)
 {
@@ -181,9 +158,9 @@ session_json(const struct mm_session *s)
 	if (s->local_submission)
 		return json_pack("{s:n,s:n,s:n}", "ip", "name", "helo");
 	return json_pack("{s:o,s:o,s:o}",
-			 "ip", string_or_null(s->client_ip),
-			 "name", string_or_null(s->client_name),
-			 "helo", string_or_null(s->helo));
+			 "ip", mm_json_str(s->client_ip),
+			 "name", mm_json_str(s->client_name),
+			 "helo", mm_json_str(s->helo));
 }
 
 static json_t *
@@ -191,8 +168,8 @@ tls_json(const struct mm_message *m)
 {
 	if (m->tls_version == NULL && m->tls_cipher == NULL)
 		return json_null();
-	return json_pack("{s:o,s:o}", "version", string_or_null(m->tls_version),
-			 "cipher", string_or_null(m->tls_cipher));
+	return json_pack("{s:o,s:o}", "version", mm_json_str(m->tls_version),
+			 "cipher", mm_json_str(m->tls_cipher));
 }
 
 char *
@@ -208,16 +185,16 @@ mm_message_document(struct mm_message *m, const struct mm_session *s,
 	mm_rfc3339_utc(NULL, now);
 	json_object_set_new(doc, "version", json_integer(1));
 	json_object_set_new(doc, "mailmeta_id", json_string(m->id));
-	json_object_set_new(doc, "queue_id", string_or_null(queue_id));
+	json_object_set_new(doc, "queue_id", mm_json_str(queue_id));
 	json_object_set_new(doc, "received_at", json_string(now));
 	json_object_set_new(doc, "direction", json_string(direction(m, s)));
 	json_object_set_new(doc, "client", session_json(s));
 	json_object_set_new(doc, "tls", tls_json(m));
-	json_object_set_new(doc, "sasl_user", string_or_null(m->sasl_user));
-	json_object_set_new(doc, "env_from", string_or_null(m->env_from ? m->env_from : ""));
+	json_object_set_new(doc, "sasl_user", mm_json_str(m->sasl_user));
+	json_object_set_new(doc, "env_from", mm_json_str(m->env_from ? m->env_from : ""));
 	json_object_set(doc, "recipients", m->recipients);
 	json_object_set_new(doc, "action", json_string(action));
-	json_object_set_new(doc, "reason", string_or_null(reason));
+	json_object_set_new(doc, "reason", mm_json_str(reason));
 	text = json_dumps(doc, JSON_COMPACT);
 	json_decref(doc);
 	return text;
