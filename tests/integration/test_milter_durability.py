@@ -158,11 +158,15 @@ def test_postgres_restart_during_flood_loses_nothing(stack, directory):
     assert_exactly_once(stack, flood)
 
 
-def filter_pid(stack):
+def supervisor_pid(stack):
     pidfile = os.path.join(stack.env["STACK_DIR"], "run", "milter",
                            "mailmeta-milter.pid")
     with open(pidfile) as f:
-        supervisor = f.read().strip()
+        return int(f.read().strip())
+
+
+def filter_pid(stack):
+    supervisor = str(supervisor_pid(stack))
     out = subprocess.run(["pgrep", "-P", supervisor], capture_output=True,
                          text=True).stdout.split()
     assert len(out) == 1, f"expected one filter process, got {out}"
@@ -179,13 +183,6 @@ def test_milter_killed_during_flood_loses_nothing(stack, directory):
     after = filter_pid(stack)
     assert after != before
     assert_exactly_once(stack, flood)
-
-
-def supervisor_pid(stack):
-    pidfile = os.path.join(stack.env["STACK_DIR"], "run", "milter",
-                           "mailmeta-milter.pid")
-    with open(pidfile) as f:
-        return int(f.read().strip())
 
 
 def milter_log(stack):
