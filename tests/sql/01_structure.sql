@@ -2,7 +2,7 @@
 -- views, functions, ownership and comments, as the migrations define them.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(79);
+SELECT plan(80);
 
 SELECT has_schema('mail');
 SELECT schema_owner_is('mail', 'mailmeta_owner');
@@ -90,11 +90,25 @@ SELECT is((SELECT pg_get_function_arguments('mail.add_user(text,text,bigint)'::r
           'add_user parameters are named and quota_bytes is optional');
 SELECT lives_ok($$SELECT 'mail.add_alias(text,text[])'::regprocedure$$, 'add_alias(text, text[]) exists');
 
--- every function: SECURITY DEFINER, owned by mailmeta_owner, fixed search_path, commented
+-- every function: SECURITY DEFINER, owned by mailmeta_owner, fixed search_path, commented.
+-- Exception: internal helpers that only mailmeta_owner may execute run as
+-- their caller without a SET clause, so that the planner can inline them
+-- into the SECURITY DEFINER functions calling them (migration 0007).
 SELECT is_empty($$
     SELECT p.oid::regprocedure::text FROM pg_proc p
+     WHERE p.pronamespace = 'mail'::regnamespace AND NOT p.prosecdef
+       AND (has_function_privilege('public', p.oid, 'EXECUTE')
+            OR EXISTS (SELECT FROM pg_roles r
+                        WHERE r.rolname LIKE 'mailmeta\_%' AND r.rolname <> 'mailmeta_owner'
+                          AND has_function_privilege(r.oid, p.oid, 'EXECUTE'))) $$,
+    'every function in schema mail that anyone but its owner may execute is SECURITY DEFINER');
+SELECT set_eq($$
+    SELECT p.oid::regprocedure::text FROM pg_proc p
      WHERE p.pronamespace = 'mail'::regnamespace AND NOT p.prosecdef $$,
-    'every function in schema mail is SECURITY DEFINER');
+    ARRAY['mail.clean_message_id(text)', 'mail.json_bigint(jsonb)',
+          'mail.message_id_list(jsonb,integer)', 'mail.message_id_list_all(jsonb,integer)',
+          'mail.parse_timestamptz(text)', 'mail.parse_inet(text)'],
+    'the SECURITY INVOKER helpers are exactly the inlined internal ones');
 SELECT is_empty($$
     SELECT p.oid::regprocedure::text FROM pg_proc p
      WHERE p.pronamespace = 'mail'::regnamespace
@@ -102,9 +116,9 @@ SELECT is_empty($$
     'every function in schema mail is owned by mailmeta_owner');
 SELECT is_empty($$
     SELECT p.oid::regprocedure::text FROM pg_proc p
-     WHERE p.pronamespace = 'mail'::regnamespace
+     WHERE p.pronamespace = 'mail'::regnamespace AND p.prosecdef
        AND NOT coalesce('search_path=mail, pg_temp' = ANY (p.proconfig), false) $$,
-    'every function in schema mail pins search_path = mail, pg_temp');
+    'every SECURITY DEFINER function in schema mail pins search_path = mail, pg_temp');
 SELECT is_empty($$
     SELECT p.oid::regprocedure::text FROM pg_proc p
      WHERE p.pronamespace = 'mail'::regnamespace
