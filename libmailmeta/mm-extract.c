@@ -14,6 +14,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -200,6 +201,45 @@ mm_store(struct mm_extract *x, const void *data, size_t len)
 		x->last = ((const unsigned char *)data)[len - 1];
 	x->stored += len;
 	return 0;
+}
+
+size_t
+mm_extract_stored(const struct mm_extract *x)
+{
+	return x->stored;
+}
+
+ssize_t
+mm_extract_read(struct mm_extract *x, size_t offset, void *buf, size_t len)
+{
+	ssize_t n;
+
+	if (x->finished) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (x->io_error) {
+		errno = EIO;
+		return -1;
+	}
+	if (offset >= x->stored || len == 0)
+		return 0;
+	if (len > x->stored - offset)
+		len = x->stored - offset;
+	if (len > SSIZE_MAX)
+		len = SSIZE_MAX;
+	if (x->fd < 0) {
+		memcpy(buf, x->mem->data + offset, len);
+		return (ssize_t)len;
+	}
+	do
+		n = pread(x->fd, buf, len, (off_t)offset);
+	while (n < 0 && errno == EINTR);
+	if (n == 0) {		/* the file is shorter than what was stored */
+		errno = EIO;
+		return -1;
+	}
+	return n;
 }
 
 /* ------------------------------------------- top-level header scanner */

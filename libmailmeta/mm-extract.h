@@ -11,6 +11,7 @@
  *	mm_extract_library_init();              once, any thread, before use
  *	x = mm_extract_new(NULL);               NULL: the default limits
  *	mm_extract_feed(x, buf, len) ...        raw bytes, any chunking, CRLF or LF
+ *	mm_extract_read(x, off, buf, len) ...   optional: the bytes back
  *	doc = mm_extract_finish(x);             never NULL; json_decref() it
  *	mm_extract_free(&x);
  *
@@ -26,6 +27,7 @@
 #define MM_EXTRACT_H
 
 #include <stddef.h>
+#include <sys/types.h>
 #include <time.h>
 #include <jansson.h>
 
@@ -63,6 +65,18 @@ void mm_extract_free(struct mm_extract **x);
    NULL.  For whatever else a writer puts into the record (SMTP envelope,
    HELO), so that no peer's bytes can make the document invalid JSON. */
 json_t *mm_json_str(const char *s);
+
+/* Bytes kept for parsing: what was fed, less what the limits cut (the rest
+   of a header section over max_header_bytes, anything beyond
+   max_message_bytes). */
+size_t mm_extract_stored(const struct mm_extract *x);
+
+/* Reads the kept bytes back, e.g. to hand the message on to a scanner:
+   copies up to LEN bytes from OFFSET into BUF and returns how many, 0 at
+   or past the end, or -1 (errno set) when the spool file cannot be read,
+   after a spool error (EIO: part of the message is missing) or after
+   finish() (EINVAL).  Between feed()s, before mm_extract_finish(). */
+ssize_t mm_extract_read(struct mm_extract *x, size_t offset, void *buf, size_t len);
 
 /* Whether the message was spooled to a file (for tests and logging). */
 int mm_extract_spooled(const struct mm_extract *x);

@@ -11,6 +11,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -372,6 +373,72 @@ test_big_attachment(void)
 	json_decref(doc);
 }
 
+/* Reads X back in pieces of PIECE bytes and compares with WANT. */
+static void
+check_read_back(struct mm_extract *x, const char *want, size_t len, size_t piece)
+{
+	char *got = malloc(len + 1), one;
+	size_t off = 0;
+	ssize_t n;
+
+	CHECK(mm_extract_stored(x) == len);
+	while ((n = mm_extract_read(x, off, got + off,
+				    len - off < piece ? len - off : piece)) > 0)
+		off += (size_t)n;
+	CHECK(n == 0 && off == len);
+	CHECK(memcmp(got, want, len) == 0);
+	CHECK(mm_extract_read(x, len, &one, 1) == 0);
+	CHECK(mm_extract_read(x, len + 100, &one, 1) == 0);
+	free(got);
+}
+
+/* The bytes fed come back as they were, from memory and from the spool
+   file, in any pieces; what the header limit cut is not among them; and
+   after finish() there is nothing to read. */
+static void
+test_read_back(void)
+{
+	struct mm_extract_limits lim = { .memory_bytes = 4096, .max_header_bytes = 64 };
+	static const char small[] = "Subject: hi\r\n\r\nbody\r\n";
+	struct mm_extract *x = mm_extract_new(NULL);
+	size_t big_len = 100 * 1000, off;
+	char *big = malloc(big_len), one;
+	json_t *doc;
+
+	mm_extract_feed(x, small, 5);
+	mm_extract_feed(x, small + 5, sizeof(small) - 1 - 5);
+	CHECK(!mm_extract_spooled(x));
+	check_read_back(x, small, sizeof(small) - 1, 3);
+	/* reading leaves the message intact for finish() */
+	doc = mm_extract_finish(x);
+	CHECK(strcmp(str_at(doc, "headers.subject"), "hi") == 0);
+	json_decref(doc);
+	CHECK(mm_extract_read(x, 0, &one, 1) == -1 && errno == EINVAL);
+	mm_extract_free(&x);
+
+	x = mm_extract_new(&lim);
+	memcpy(big, "Subject: big\r\n\r\n", 17);
+	for (off = 17; off < big_len; off++)
+		big[off] = off % 78 == 77 ? '\n' : (char)('a' + off % 26);
+	for (off = 0; off < big_len; off += 4000)
+		mm_extract_feed(x, big + off, big_len - off < 4000 ? big_len - off : 4000);
+	CHECK(mm_extract_spooled(x));
+	check_read_back(x, big, big_len, 65536);
+	check_read_back(x, big, big_len, 999);
+	mm_extract_free(&x);
+
+	/* a header section over max_header_bytes is cut: stored < fed */
+	x = mm_extract_new(&lim);
+	memset(big, 'x', 200);
+	memcpy(big, "X-Long: ", 8);
+	memcpy(big + 200, "\r\n\r\nbody\r\n", 10);
+	mm_extract_feed(x, big, 210);
+	memcpy(big + 64, "\n\nbody\r\n", 8);	/* cut, ended, then the body */
+	check_read_back(x, big, 72, 64);
+	mm_extract_free(&x);
+	free(big);
+}
+
 int
 main(void)
 {
@@ -386,5 +453,6 @@ main(void)
 	test_many_parts();
 	test_truncated_base64();
 	test_big_attachment();
+	test_read_back();
 	return test_result();
 }
