@@ -37,6 +37,7 @@
 #include "mm-journal.h"
 #include "mm-log.h"
 #include "mm-milter.h"
+#include "mm-policy.h"
 #include "mm-writer.h"
 
 #ifndef MM_DEFAULT_CONFIG
@@ -48,6 +49,7 @@
 static const char *config_path = MM_DEFAULT_CONFIG;
 static struct mm_journal *journal;
 static struct mm_writer *writer;
+static struct mm_policy *policy;
 
 static void
 usage(FILE *out)
@@ -163,6 +165,8 @@ control_loop(void *arg)
 			continue;
 		}
 		mm_writer_set_conninfo(writer, cfg->conninfo);
+		if (policy)
+			mm_policy_set_conninfo(policy, cfg->conninfo, cfg->policy_refresh);
 		mm_milter_set_config(cfg);
 		mm_info("configuration reloaded from %s", config_path);
 	}
@@ -217,10 +221,13 @@ run_filter(struct mm_config *cfg, int control_fd)
 		mm_fatal("%s", err);
 	mm_extract_library_init();
 	writer = mm_writer_start(cfg->conninfo, cfg->pool_size, cfg->batch_size);
+	if ((policy = mm_policy_start(cfg->conninfo, cfg->policy_refresh,
+				      cfg->pool_size)) == NULL)
+		mm_fatal("cannot start the policy checks");
 	replay_interval = cfg->replay_interval;
 	if (smfi_setconn(cfg->socket) != MI_SUCCESS ||
 	    smfi_settimeout((int)cfg->milter_timeout) != MI_SUCCESS ||
-	    mm_milter_register(writer, journal) != 0 ||
+	    mm_milter_register(writer, journal, policy) != 0 ||
 	    smfi_opensocket(true) != MI_SUCCESS)
 		mm_fatal("cannot listen on %s", cfg->socket);
 	mm_info("listening on %s", cfg->socket);

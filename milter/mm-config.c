@@ -20,6 +20,11 @@ static const char *const known_keys[] = {
 	"journal.directory", "journal.replay_interval",
 	"message.memory_bytes", "message.max_message_bytes", "message.max_depth",
 	"message.max_parts", "message.tmpdir",
+	"policy.enabled", "policy.refresh_interval", "policy.timeout_ms",
+	"policy.on_failure",
+	"clamd.socket", "clamd.timeout_ms", "clamd.max_bytes",
+	"clamd.on_infected", "clamd.on_failure",
+	"spamd.address", "spamd.timeout_ms", "spamd.max_bytes", "spamd.on_failure",
 	NULL,
 };
 
@@ -159,6 +164,27 @@ load_database(struct loader *ld, struct mm_config *c)
 }
 
 static void
+load_policy(struct loader *ld, struct mm_config *c)
+{
+	char *enabled = get_string(ld, "policy", "enabled", "yes");
+	char *on_failure = get_string(ld, "policy", "on_failure", "accept");
+
+	if (strcmp(enabled, "yes") == 0 || strcmp(enabled, "no") == 0)
+		c->policy_enabled = strcmp(enabled, "yes") == 0;
+	else
+		complain(ld, "[policy] enabled = %s: expected yes or no", enabled);
+	c->policy_refresh = get_number(ld, "policy", "refresh_interval", 5, 1, 3600);
+	c->policy_timeout_ms = get_number(ld, "policy", "timeout_ms", 2000, 10, 600000);
+	if (strcmp(on_failure, "accept") == 0 || strcmp(on_failure, "tempfail") == 0)
+		c->policy_tempfail = strcmp(on_failure, "tempfail") == 0;
+	else
+		complain(ld, "[policy] on_failure = %s: expected accept or tempfail",
+			 on_failure);
+	free(enabled);
+	free(on_failure);
+}
+
+static void
 load_rest(struct loader *ld, struct mm_config *c)
 {
 	c->journal_dir = get_string(ld, "journal", "directory",
@@ -178,6 +204,70 @@ load_rest(struct loader *ld, struct mm_config *c)
 		complain(ld, "[message] tmpdir = %s: must be an absolute path", c->tmpdir);
 }
 
+/* One of NAMES (NULL-terminated), as the matching VALUES entry. */
+static int
+get_choice(struct loader *ld, const char *group, const char *key,
+	   const char *def, const char *const *names, const int *values)
+{
+	char *text = get_string(ld, group, key, def);
+	int v = values[0];
+	size_t i;
+
+	for (i = 0; names[i] != NULL && strcmp(text, names[i]) != 0; i++)
+		;
+	if (names[i] != NULL) {
+		v = values[i];
+	} else {
+		GString *list = g_string_new(NULL);
+
+		for (i = 0; names[i] != NULL; i++)
+			g_string_append_printf(list, "%s%s", i == 0 ? "" :
+					       names[i + 1] ? ", " : " or ", names[i]);
+		complain(ld, "[%s] %s = %s: expected %s", group, key, text, list->str);
+		g_string_free(list, TRUE);
+	}
+	free(text);
+	return v;
+}
+
+/* What [clamd] and [spamd] share; without ADDRESS_KEY the engine is off. */
+static void
+load_engine(struct loader *ld, const char *group, const char *address_key,
+	    size_t max_bytes, struct mm_engine_config *e)
+{
+	static const char *const on_failure_names[] = { "tempfail", "accept", NULL };
+	static const int on_failure_values[] = { MM_ENGINE_TEMPFAIL, MM_ENGINE_ACCEPT };
+	const char *bad;
+
+	e->address = get_string(ld, group, address_key, NULL);
+	if (e->address != NULL && e->address[0] == '\0') {
+		free(e->address);
+		e->address = NULL;
+	}
+	if (e->address != NULL && (bad = mm_engine_address_error(e->address)) != NULL)
+		complain(ld, "[%s] %s = %s: %s", group, address_key, e->address, bad);
+	e->timeout_ms = get_number(ld, group, "timeout_ms", 30000, 100, 600000);
+	e->max_bytes = get_number(ld, group, "max_bytes", max_bytes, 1024, 4ULL << 30);
+	e->on_failure = get_choice(ld, group, "on_failure", "tempfail",
+				   on_failure_names, on_failure_values);
+}
+
+static void
+load_engines(struct loader *ld, struct mm_config *c)
+{
+	static const char *const on_infected_names[] = { "reject", "hold", NULL };
+	static const int on_infected_values[] = {
+		MM_ON_INFECTED_REJECT, MM_ON_INFECTED_HOLD,
+	};
+
+	/* as StreamMaxLength in Debian's clamd.conf: more is refused there */
+	load_engine(ld, "clamd", "socket", 25ULL << 20, &c->clamd);
+	c->clamd_on_infected = get_choice(ld, "clamd", "on_infected", "reject",
+					  on_infected_names, on_infected_values);
+	/* spamc's --max-size */
+	load_engine(ld, "spamd", "address", 500ULL << 10, &c->spamd);
+}
+
 struct mm_config *
 mm_config_load(const char *path, char **err)
 {
@@ -192,7 +282,9 @@ mm_config_load(const char *path, char **err)
 		check_unknown_keys(&ld);
 		load_milter(&ld, c);
 		load_database(&ld, c);
+		load_policy(&ld, c);
 		load_rest(&ld, c);
+		load_engines(&ld, c);
 	}
 	g_key_file_free(ld.kf);
 	if (ld.err->len > 0) {
@@ -221,6 +313,8 @@ mm_config_free(struct mm_config **cfgp)
 	free(c->conninfo);
 	free(c->journal_dir);
 	free(c->tmpdir);
+	free(c->clamd.address);
+	free(c->spamd.address);
 	free(c);
 	*cfgp = NULL;
 }

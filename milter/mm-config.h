@@ -11,9 +11,16 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "mm-engine.h"
+
 enum mm_on_failure {
 	MM_ON_FAILURE_JOURNAL,	/* accept, keep the record in the journal */
 	MM_ON_FAILURE_TEMPFAIL,	/* answer 451: the client retries later */
+};
+
+enum mm_on_infected {
+	MM_ON_INFECTED_REJECT,	/* 554 5.7.1 */
+	MM_ON_INFECTED_HOLD,	/* accept into Postfix's hold queue */
 };
 
 struct mm_config {
@@ -33,6 +40,12 @@ struct mm_config {
 	unsigned commit_timeout_ms;	/* then journal (or tempfail) */
 	enum mm_on_failure on_failure;
 
+	/* [policy] */
+	bool policy_enabled;		/* rules from mail.policy_snapshot() */
+	unsigned policy_refresh;	/* seconds between snapshots */
+	unsigned policy_timeout_ms;	/* for the rate-limit check */
+	bool policy_tempfail;		/* on a failed check; else accept */
+
 	/* [journal] */
 	char *journal_dir;
 	unsigned replay_interval;	/* seconds between attempts */
@@ -43,6 +56,13 @@ struct mm_config {
 	unsigned max_depth;
 	unsigned max_parts;
 	char *tmpdir;
+
+	/* [clamd]: address NULL when no socket is set (no virus scanning) */
+	struct mm_engine_config clamd;
+	enum mm_on_infected clamd_on_infected;
+
+	/* [spamd]: address NULL when none is set (no spam scoring) */
+	struct mm_engine_config spamd;
 };
 
 /* Returns NULL and fills ERR (caller frees) when PATH is unreadable or a

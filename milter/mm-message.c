@@ -23,6 +23,9 @@ struct mm_message {
 	char *tls_cipher;
 	json_t *recipients;
 	bool any_remote;
+	size_t size;		/* bytes of the message so far */
+	mm_message_tap_fn *tap;	/* sees every byte too (a virus scanner) */
+	void *tap_context;
 };
 
 static char *
@@ -120,6 +123,46 @@ static void
 feed(struct mm_message *m, const char *data, size_t len)
 {
 	mm_extract_feed(m->extract, data, len);
+	m->size += len;
+	if (m->tap)
+		m->tap(m->tap_context, data, len);
+}
+
+void
+mm_message_set_tap(struct mm_message *m, mm_message_tap_fn *tap, void *context)
+{
+	m->tap = tap;
+	m->tap_context = context;
+}
+
+size_t
+mm_message_size(const struct mm_message *m)
+{
+	return m->size;
+}
+
+const char *
+mm_message_sasl_user(const struct mm_message *m)
+{
+	return m->sasl_user;
+}
+
+const char *
+mm_message_sender(const struct mm_message *m)
+{
+	return m->env_from ? m->env_from : "";
+}
+
+const json_t *
+mm_message_recipients(const struct mm_message *m)
+{
+	return m->recipients;
+}
+
+struct mm_extract *
+mm_message_extract(struct mm_message *m)
+{
+	return m->extract;
 }
 
 void
@@ -172,16 +215,14 @@ tls_json(const struct mm_message *m)
 			 "cipher", mm_json_str(m->tls_cipher));
 }
 
-char *
-mm_message_document(struct mm_message *m, const struct mm_session *s,
-		    const char *queue_id, const char *action, const char *reason)
+/* The envelope half and the decision, added to DOC (the content half). */
+static char *
+finish_document(struct mm_message *m, const struct mm_session *s, json_t *doc,
+		const char *queue_id, const struct mm_verdict *v)
 {
 	char now[MM_RFC3339_SIZE];
-	json_t *doc = mm_extract_finish(m->extract);
 	char *text;
 
-	if (doc == NULL)
-		return NULL;
 	mm_rfc3339_utc(NULL, now);
 	json_object_set_new(doc, "version", json_integer(1));
 	json_object_set_new(doc, "mailmeta_id", json_string(m->id));
@@ -193,9 +234,31 @@ mm_message_document(struct mm_message *m, const struct mm_session *s,
 	json_object_set_new(doc, "sasl_user", mm_json_str(m->sasl_user));
 	json_object_set_new(doc, "env_from", mm_json_str(m->env_from ? m->env_from : ""));
 	json_object_set(doc, "recipients", m->recipients);
-	json_object_set_new(doc, "action", json_string(action));
-	json_object_set_new(doc, "reason", mm_json_str(reason));
+	json_object_set_new(doc, "action", json_string(mm_action_name(v->action)));
+	json_object_set_new(doc, "reason", mm_json_str(v->action == MM_ACCEPT ? NULL : v->text));
+	if (v->policy)
+		json_object_set(doc, "policy", v->policy);
 	text = json_dumps(doc, JSON_COMPACT);
 	json_decref(doc);
 	return text;
+}
+
+char *
+mm_message_document(struct mm_message *m, const struct mm_session *s,
+		    const char *queue_id, const struct mm_verdict *v)
+{
+	json_t *doc = mm_extract_finish(m->extract);
+
+	return doc ? finish_document(m, s, doc, queue_id, v) : NULL;
+}
+
+char *
+mm_message_refusal_document(struct mm_message *m, const struct mm_session *s,
+			    const char *queue_id, const struct mm_verdict *v)
+{
+	json_t *doc = json_pack("{s:{},s:[],s:[],s:n,s:b,s:[]}", "headers",
+				"parts", "attachments", "size_bytes",
+				"malformed", 0, "malformed_reasons");
+
+	return doc ? finish_document(m, s, doc, queue_id, v) : NULL;
 }

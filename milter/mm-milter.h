@@ -8,10 +8,12 @@
 
 #include "mm-config.h"
 #include "mm-journal.h"
+#include "mm-policy.h"
 #include "mm-writer.h"
 
 /* Installs the callbacks; the objects must outlive smfi_main(). */
-int mm_milter_register(struct mm_writer *writer, struct mm_journal *journal);
+int mm_milter_register(struct mm_writer *writer, struct mm_journal *journal,
+		       struct mm_policy *policy);	/* policy may be NULL */
 /* Replaces the settings used by new messages (takes ownership). */
 void mm_milter_set_config(struct mm_config *cfg);
 /* Messages at their end being committed or journaled: a stop waits for

@@ -73,7 +73,8 @@ job_free(struct job *j)
 	free(j);
 }
 
-#define RECORD_SQL "SELECT mail.record_messages($1::jsonb)"
+/* the decisions (mail.record_verdicts) and the records, in one statement */
+#define RECORD_SQL "SELECT mail.record_messages(mail.record_verdicts($1::jsonb))"
 
 static void
 deadline_after(struct timespec *ts, unsigned ms)

@@ -40,8 +40,41 @@ test_defaults(void)
 	CHECK(mm_config_is_local_transport(c, "lmtp"));
 	CHECK(!mm_config_is_local_transport(c, "smtp"));
 	CHECK(!mm_config_is_local_transport(c, NULL));
+	/* no engine unless it is given an address */
+	CHECK(c->clamd.address == NULL && c->spamd.address == NULL);
+	CHECK(c->clamd.timeout_ms == 30000 && c->clamd.max_bytes == 25u << 20);
+	CHECK(c->clamd.on_failure == MM_ENGINE_TEMPFAIL);
+	CHECK(c->clamd_on_infected == MM_ON_INFECTED_REJECT);
+	CHECK(c->spamd.timeout_ms == 30000 && c->spamd.max_bytes == 500u << 10);
+	CHECK(c->spamd.on_failure == MM_ENGINE_TEMPFAIL);
 	mm_config_free(&c);
 	CHECK(c == NULL);
+}
+
+static void
+test_engines(void)
+{
+	char *err;
+	struct mm_config *c = load(
+		"[clamd]\nsocket = unix:/run/clamav/clamd.ctl\ntimeout_ms = 500\n"
+		"max_bytes = 64m\non_infected = hold\non_failure = accept\n"
+		"[spamd]\naddress = inet:127.0.0.1:783\nmax_bytes = 1m\n", &err);
+
+	CHECK(c != NULL);
+	if (c == NULL)
+		return;
+	CHECK(strcmp(c->clamd.address, "unix:/run/clamav/clamd.ctl") == 0);
+	CHECK(c->clamd.timeout_ms == 500 && c->clamd.max_bytes == 64u << 20);
+	CHECK(c->clamd_on_infected == MM_ON_INFECTED_HOLD);
+	CHECK(c->clamd.on_failure == MM_ENGINE_ACCEPT);
+	CHECK(strcmp(c->spamd.address, "inet:127.0.0.1:783") == 0);
+	CHECK(c->spamd.max_bytes == 1u << 20 && c->spamd.on_failure == MM_ENGINE_TEMPFAIL);
+	mm_config_free(&c);
+
+	/* an empty address is no address */
+	c = load("[clamd]\nsocket =\n[spamd]\naddress = inet:[::1]:783\n", &err);
+	CHECK(c != NULL && c->clamd.address == NULL && c->spamd.address != NULL);
+	mm_config_free(&c);
 }
 
 static void
@@ -77,6 +110,20 @@ static const struct {
 	{ "[milter]\nsyslog_facility = nosuch\n", "not a syslog facility" },
 	{ "[journal]\ndirectory = relative/dir\n", "must be an absolute path" },
 	{ "[message]\nmemory_bytes = 99999999999999999999\n", "[message] memory_bytes" },
+	{ "[clamd]\nsocket = /run/clamd.ctl\n",
+	  "[clamd] socket = /run/clamd.ctl: expected unix:/path or inet:host:port" },
+	{ "[clamd]\nsocket = unix:clamd.ctl\n", "expected unix:/absolute/path" },
+	{ "[spamd]\naddress = inet:127.0.0.1\n",
+	  "[spamd] address = inet:127.0.0.1: expected inet:host:port" },
+	{ "[spamd]\naddress = inet:127.0.0.1:99999\n", "expected a port number" },
+	{ "[clamd]\non_infected = quarantine\n",
+	  "[clamd] on_infected = quarantine: expected reject or hold" },
+	{ "[spamd]\non_failure = journal\n",
+	  "[spamd] on_failure = journal: expected tempfail or accept" },
+	{ "[spamd]\ntimeout_ms = 5\n", "[spamd] timeout_ms = 5" },
+	{ "[clamd]\nmax_bytes = 5g\n", "[clamd] max_bytes = 5g" },
+	{ "[clamd]\naddress = unix:/x\n", "unknown setting [clamd] address" },
+	{ "[spamd]\nsocket = unix:/x\n", "unknown setting [spamd] socket" },
 	{ "this is not a key file\n", "test-config-" },
 };
 
@@ -117,6 +164,7 @@ main(void)
 	close(fd);
 	test_defaults();
 	test_values();
+	test_engines();
 	test_bad_values();
 	test_missing_file();
 	unlink(path);
