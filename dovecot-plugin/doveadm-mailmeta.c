@@ -1,0 +1,211 @@
+/*
+ * doveadm-mailmeta.c - the doveadm plugin "mailmeta": commands that mirror
+ * mailbox state into PostgreSQL (doc/mailbox-mirror.md)
+ *
+ *	doveadm mailmeta sync   [-u USER | -A]  sync now (only what changed)
+ *	doveadm mailmeta resync [-u USER | -A]  forget the user's mirror and
+ *	                                        rebuild it in full
+ *	doveadm mailmeta watch                  the long-running syncer: dirty
+ *	                                        marks, retries, drift checks
+ *
+ * Settings (plugin section):
+ *	mailmeta_dsn             libpq connection string, role mailmeta_mirror
+ *	mailmeta_spool_dir       where the mail plugin leaves dirty marks
+ *	mailmeta_check_interval  drift check period of `watch` (default 10 min,
+ *	                         0 disables it)
+ *
+ * This plugin holds everything heavy (libpq, libmailmeta with GMime and
+ * jansson, OpenSSL), so the mail plugin loaded by imap, pop3 and lmtp stays
+ * tiny and never touches the database.  It installs into Dovecot's
+ * doveadm module directory.
+ */
+#include "lib.h"
+#include "module-dir.h"
+#include "settings-parser.h"
+#include "mail-user.h"
+#include "doveadm-mail.h"
+#include "doveadm-print.h"
+
+#include <sysexits.h>
+
+#include "mm-mirror-db.h"
+#include "mm-mirror-sync.h"
+#include "mm-mirror-watch.h"
+
+#define MAILMETA_DEFAULT_CHECK_INTERVAL "10 min"
+
+struct mailmeta_cmd_context {
+	struct doveadm_mail_cmd_context ctx;
+	struct mm_mirror_db *db;
+	bool forget;
+};
+
+const char *doveadm_mailmeta_plugin_version = DOVECOT_ABI_VERSION;
+
+void doveadm_mailmeta_plugin_init(struct module *module);
+void doveadm_mailmeta_plugin_deinit(void);
+
+static int
+cmd_mailmeta_sync_run(struct doveadm_mail_cmd_context *_ctx,
+		      struct mail_user *user)
+{
+	struct mailmeta_cmd_context *ctx =
+		container_of(_ctx, struct mailmeta_cmd_context, ctx);
+	struct mm_mirror_sync_stats stats;
+	enum mm_mirror_result result;
+	const char *dsn, *error;
+
+	if (ctx->db == NULL) {
+		dsn = mail_user_plugin_getenv(user, "mailmeta_dsn");
+		if (dsn == NULL || dsn[0] == '\0') {
+			i_error("mailmeta: mailmeta_dsn is not set");
+			doveadm_mail_failed_error(_ctx, MAIL_ERROR_NOTPOSSIBLE);
+			return -1;
+		}
+		ctx->db = mm_mirror_db_new(dsn);
+	}
+
+	result = mm_mirror_sync_user(ctx->db, user, ctx->forget, &stats, &error);
+	switch (result) {
+	case MM_MIRROR_OK:
+		doveadm_print_num(stats.folders);
+		doveadm_print_num(stats.folders_synced);
+		doveadm_print_num(stats.full_sends);
+		doveadm_print_num(stats.messages);
+		doveadm_print_num(stats.expunges);
+		doveadm_print_num(stats.records);
+		doveadm_print_num(stats.deferred);
+		return 0;
+	case MM_MIRROR_NO_USER:
+		i_error("mailmeta: not in mail.users: %s", error);
+		doveadm_mail_failed_error(_ctx, MAIL_ERROR_NOTFOUND);
+		return -1;
+	case MM_MIRROR_DB_DOWN:
+	case MM_MIRROR_FAILED:
+		break;
+	}
+	i_error("mailmeta: sync failed: %s", error);
+	doveadm_mail_failed_error(_ctx, MAIL_ERROR_TEMP);
+	return -1;
+}
+
+static void
+cmd_mailmeta_sync_init(struct doveadm_mail_cmd_context *_ctx ATTR_UNUSED,
+		       const char *const args[] ATTR_UNUSED)
+{
+	doveadm_print_header_simple("folders");
+	doveadm_print_header_simple("synced");
+	doveadm_print_header_simple("full");
+	doveadm_print_header_simple("messages");
+	doveadm_print_header_simple("expunged");
+	doveadm_print_header_simple("records");
+	doveadm_print_header_simple("deferred");
+}
+
+static void
+cmd_mailmeta_sync_deinit(struct doveadm_mail_cmd_context *_ctx)
+{
+	struct mailmeta_cmd_context *ctx =
+		container_of(_ctx, struct mailmeta_cmd_context, ctx);
+
+	mm_mirror_db_free(&ctx->db);
+}
+
+static struct doveadm_mail_cmd_context *
+cmd_mailmeta_alloc(bool forget)
+{
+	struct mailmeta_cmd_context *ctx;
+
+	ctx = doveadm_mail_cmd_alloc(struct mailmeta_cmd_context);
+	ctx->forget = forget;
+	ctx->ctx.v.init = cmd_mailmeta_sync_init;
+	ctx->ctx.v.run = cmd_mailmeta_sync_run;
+	ctx->ctx.v.deinit = cmd_mailmeta_sync_deinit;
+	doveadm_print_init(DOVEADM_PRINT_TYPE_TABLE);
+	return &ctx->ctx;
+}
+
+static struct doveadm_mail_cmd_context *
+cmd_mailmeta_sync_alloc(void)
+{
+	return cmd_mailmeta_alloc(FALSE);
+}
+
+static struct doveadm_mail_cmd_context *
+cmd_mailmeta_resync_alloc(void)
+{
+	return cmd_mailmeta_alloc(TRUE);
+}
+
+static void
+cmd_mailmeta_watch(struct doveadm_cmd_context *cctx ATTR_UNUSED)
+{
+	struct mm_mirror_watch_settings set;
+	const char *interval, *error;
+
+	i_zero(&set);
+	set.spool_dir = doveadm_plugin_getenv("mailmeta_spool_dir");
+	set.dsn = doveadm_plugin_getenv("mailmeta_dsn");
+	interval = doveadm_plugin_getenv("mailmeta_check_interval");
+	if (interval == NULL || interval[0] == '\0')
+		interval = MAILMETA_DEFAULT_CHECK_INTERVAL;
+
+	if (set.spool_dir == NULL || set.spool_dir[0] != '/') {
+		i_error("mailmeta: mailmeta_spool_dir must be set to an "
+			"absolute path");
+		doveadm_exit_code = EX_CONFIG;
+		return;
+	}
+	if (set.dsn == NULL || set.dsn[0] == '\0') {
+		i_error("mailmeta: mailmeta_dsn is not set");
+		doveadm_exit_code = EX_CONFIG;
+		return;
+	}
+	if (settings_get_time(interval, &set.check_interval_secs, &error) < 0) {
+		i_error("mailmeta: invalid mailmeta_check_interval '%s': %s",
+			interval, error);
+		doveadm_exit_code = EX_CONFIG;
+		return;
+	}
+	if (mm_mirror_watch_run(&set) < 0)
+		doveadm_exit_code = EX_TEMPFAIL;
+}
+
+static struct doveadm_cmd_ver2 mailmeta_commands[] = {
+	{
+		.name = "mailmeta sync",
+		.mail_cmd = cmd_mailmeta_sync_alloc,
+		.usage = DOVEADM_CMD_MAIL_USAGE_PREFIX,
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_MAIL_COMMON
+DOVEADM_CMD_PARAMS_END
+	},
+	{
+		.name = "mailmeta resync",
+		.mail_cmd = cmd_mailmeta_resync_alloc,
+		.usage = DOVEADM_CMD_MAIL_USAGE_PREFIX,
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_MAIL_COMMON
+DOVEADM_CMD_PARAMS_END
+	},
+	{
+		.name = "mailmeta watch",
+		.cmd = cmd_mailmeta_watch,
+		.usage = "",
+		.flags = CMD_FLAG_NO_PRINT,
+DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAMS_END
+	},
+};
+
+void
+doveadm_mailmeta_plugin_init(struct module *module ATTR_UNUSED)
+{
+	for (unsigned int i = 0; i < N_ELEMENTS(mailmeta_commands); i++)
+		doveadm_cmd_register_ver2(&mailmeta_commands[i]);
+}
+
+void
+doveadm_mailmeta_plugin_deinit(void)
+{
+}

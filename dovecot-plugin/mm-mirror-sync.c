@@ -1,0 +1,835 @@
+/*
+ * mm-mirror-sync.c - mirror one user's mailboxes into PostgreSQL (see
+ * mm-mirror-sync.h and doc/mailbox-mirror.md)
+ *
+ * Folders are identified by their mailbox GUID, messages by (folder, UID).
+ * Each folder is read through one mailbox view: its status, the messages
+ * searched and the expunges are all as of the same mailbox_sync(), so the
+ * state recorded with mail.mirror_folder_done() is exactly what was sent.
+ * Changes committed after that view are not lost: the change marked the
+ * user dirty again after the watcher claimed the mark, so another sync
+ * follows.  A message expunged while we read it leaves its folder's
+ * recorded state untouched, so the next sync looks at the folder again.
+ *
+ * CONDSTORE is enabled on every folder so Dovecot keeps modseqs; with a
+ * recorded HIGHESTMODSEQ only messages with a higher modseq are sent, plus
+ * the UIDs Dovecot's expunge log knows were expunged since.  When that log
+ * no longer reaches back (or UIDVALIDITY changed) the folder is sent in
+ * full with "reset": true.  When mirror_folder_done() reports that the
+ * mirror's count still differs, the folder is sent again in full.
+ */
+#include "lib.h"
+#include "array.h"
+#include "hash.h"
+#include "str.h"
+#include "strnum.h"
+#include "guid.h"
+#include "seq-range-array.h"
+#include "mail-namespace.h"
+#include "mail-storage.h"
+#include "mail-search-build.h"
+#include "mailbox-list-iter.h"
+#include "mail-user.h"
+
+#include <jansson.h>
+
+#include "mm-extract.h"
+#include "mm-mirror-db.h"
+#include "mm-mirror-id.h"
+#include "mm-mirror-message.h"
+#include "mm-mirror-sync.h"
+
+/* at most this many messages per mail.mirror_messages() call */
+#define MM_MIRROR_BATCH_SIZE 1000
+/* record_mailbox_message() holds advisory locks per message id until
+   commit: commit after this many records.  Safe midway: an interrupted
+   folder has no recorded state (after a reset) or an older one, so the
+   next sync sends it again, and every upsert is absolute state. */
+#define MM_MIRROR_RECORDS_PER_COMMIT 100
+/* A message the milter stamped (valid X-Mailmeta-ID) always gets the
+   milter's record, though maybe late: from its journal, after a database
+   outage.  Since the first record of an id wins, such a message gets no
+   record built from the mailbox until it has been there this long; its
+   folder meanwhile keeps its old recorded state, so the drift check looks
+   at it again. */
+#define MM_MIRROR_STAMPED_GRACE_SECS 3600
+
+struct mm_folder {
+	const char *vname;
+	struct mail_namespace *ns;
+	const char *guid;
+
+	/* Dovecot's state when listed */
+	uint32_t uidvalidity, uidnext, messages;
+	uint64_t highest_modseq;
+
+	/* the state recorded by the last sync (mirror_folders) */
+	bool recorded, recorded_modseq;
+	uint32_t r_uidvalidity, r_uidnext, r_messages;
+	uint64_t r_highest_modseq;
+};
+ARRAY_DEFINE_TYPE(mm_folder, struct mm_folder *);
+
+struct mm_sync {
+	struct mm_mirror_db *db;
+	struct mail_user *user;
+	const char *address;
+	pool_t pool;
+	struct mm_mirror_sync_stats *stats;
+	unsigned int records_uncommitted;
+
+	enum mm_mirror_result result;
+	const char *error;		/* in pool */
+};
+
+/* One folder's messages on their way to mail.mirror_messages(). */
+struct mm_batch {
+	struct mm_sync *sync;
+	struct mm_folder *folder;
+	struct mailbox_transaction_context *t;
+	struct mail *record_mail;	/* reads messages lacking a record */
+	uint32_t uidvalidity;
+	bool reset;			/* the next batch starts with a reset */
+	bool sent_any;
+	json_t *upsert, *expunge;
+	unsigned int count;
+};
+
+static void ATTR_FORMAT(3, 4)
+sync_fail(struct mm_sync *sync, enum mm_mirror_result result,
+	  const char *fmt, ...)
+{
+	va_list args;
+
+	if (sync->result != MM_MIRROR_OK)
+		return;		/* keep the first error */
+	va_start(args, fmt);
+	sync->result = result;
+	sync->error = p_strdup_vprintf(sync->pool, fmt, args);
+	va_end(args);
+}
+
+/* P0002 (no_data_found) means an unknown user only from the calls that
+   name nothing but the user (mirror_folders, mirror_forget); from the
+   per-folder calls it is a folder some concurrent sync removed: retry. */
+static void
+sync_fail_db_as(struct mm_sync *sync, const char *what, bool user_level)
+{
+	enum mm_mirror_result result;
+
+	switch (mm_mirror_db_last_error(sync->db)) {
+	case MM_MIRROR_DB_UNAVAILABLE:
+		result = MM_MIRROR_DB_DOWN;
+		break;
+	case MM_MIRROR_DB_NO_USER:
+		result = user_level ? MM_MIRROR_NO_USER : MM_MIRROR_FAILED;
+		break;
+	default:
+		result = MM_MIRROR_FAILED;
+		break;
+	}
+	sync_fail(sync, result, "%s: %s", what,
+		  mm_mirror_db_last_message(sync->db));
+}
+
+static void
+sync_fail_db(struct mm_sync *sync, const char *what)
+{
+	sync_fail_db_as(sync, what, FALSE);
+}
+
+static void
+sync_fail_box(struct mm_sync *sync, struct mailbox *box, const char *what)
+{
+	sync_fail(sync, MM_MIRROR_FAILED, "%s %s: %s", what,
+		  mailbox_get_vname(box),
+		  mailbox_get_last_internal_error(box, NULL));
+}
+
+/* The folder name with '/' as hierarchy separator, as the mirror wants. */
+static const char *
+mirror_folder_name(const struct mailbox_info *info)
+{
+	char sep = mail_namespace_get_sep(info->ns);
+	char *name;
+
+	if (sep == '/')
+		return info->vname;
+	name = t_strdup_noconst(info->vname);
+	for (char *p = name; *p != '\0'; p++) {
+		if (*p == sep)
+			*p = '/';
+	}
+	return name;
+}
+
+/* Opens box, keeps modseqs, and brings its view up to date. */
+static int
+open_folder(struct mailbox *box)
+{
+	if (mailbox_enable(box, MAILBOX_FEATURE_CONDSTORE) < 0)
+		return -1;
+	return mailbox_sync(box, 0);
+}
+
+static bool
+box_not_found(struct mailbox *box)
+{
+	enum mail_error error;
+
+	(void)mailbox_get_last_error(box, &error);
+	return error == MAIL_ERROR_NOTFOUND;
+}
+
+static int
+folder_state(struct mailbox *box, struct mailbox_status *status_r,
+	     const char **guid_r)
+{
+	struct mailbox_metadata metadata;
+
+	if (mailbox_get_metadata(box, MAILBOX_METADATA_GUID, &metadata) < 0 ||
+	    mailbox_get_status(box, STATUS_UIDVALIDITY | STATUS_UIDNEXT |
+			       STATUS_MESSAGES | STATUS_HIGHESTMODSEQ,
+			       status_r) < 0)
+		return -1;
+	*guid_r = guid_128_to_string(metadata.guid);
+	return 0;
+}
+
+/* Lists the user's folders with their current state; folders_json gets the
+   list for mail.mirror_folders(). */
+static int
+list_folders(struct mm_sync *sync, ARRAY_TYPE(mm_folder) *folders,
+	     json_t *folders_json)
+{
+	static const char *const patterns[] = { "*", NULL };
+	struct mailbox_list_iterate_context *iter;
+	const struct mailbox_info *info;
+	HASH_TABLE(const char *, struct mm_folder *) seen;
+	int ret = 0;
+
+	hash_table_create(&seen, sync->pool, 0, str_hash, strcmp);
+	iter = mailbox_list_iter_init_namespaces(sync->user->namespaces,
+		patterns, MAIL_NAMESPACE_TYPE_PRIVATE,
+		MAILBOX_LIST_ITER_RETURN_SUBSCRIBED |
+		MAILBOX_LIST_ITER_RETURN_SPECIALUSE |
+		MAILBOX_LIST_ITER_SKIP_ALIASES);
+	while (ret == 0 && (info = mailbox_list_iter_next(iter)) != NULL) T_BEGIN {
+		struct mailbox *box;
+		struct mailbox_status status;
+		const char *guid;
+
+		if ((info->flags & (MAILBOX_NOSELECT | MAILBOX_NONEXISTENT)) != 0) {
+			/* not a folder that holds messages */
+		} else {
+			box = mailbox_alloc(info->ns->list, info->vname, 0);
+			if (open_folder(box) < 0 ||
+			    folder_state(box, &status, &guid) < 0) {
+				if (!box_not_found(box)) {
+					sync_fail_box(sync, box, "opening");
+					ret = -1;
+				}
+				/* else deleted meanwhile, which marked the
+				   user dirty again */
+			} else if (hash_table_lookup(seen, guid) != NULL) {
+				i_warning("mailmeta: %s has the same mailbox "
+					  "GUID %s as another folder; not "
+					  "mirrored", info->vname, guid);
+			} else {
+				struct mm_folder *f =
+					p_new(sync->pool, struct mm_folder, 1);
+
+				f->vname = p_strdup(sync->pool, info->vname);
+				f->ns = info->ns;
+				f->guid = p_strdup(sync->pool, guid);
+				f->uidvalidity = status.uidvalidity;
+				f->uidnext = status.uidnext;
+				f->messages = status.messages;
+				f->highest_modseq = status.highest_modseq;
+				hash_table_insert(seen, f->guid, f);
+				array_push_back(folders, &f);
+				json_array_append_new(folders_json, json_pack(
+					"{s:s, s:o, s:o, s:b}",
+					"guid", f->guid,
+					"name", mm_json_str(mirror_folder_name(info)),
+					"special_use", mm_json_str(info->special_use),
+					"subscribed",
+					(info->flags & MAILBOX_SUBSCRIBED) != 0));
+			}
+			mailbox_free(&box);
+		}
+	} T_END;
+	if (mailbox_list_iter_deinit(&iter) < 0 && ret == 0) {
+		sync_fail(sync, MM_MIRROR_FAILED, "listing folders failed: %s",
+			  mailbox_list_get_last_internal_error(
+				sync->user->namespaces->list, NULL));
+		ret = -1;
+	}
+	hash_table_destroy(&seen);
+	sync->stats->folders = array_count(folders);
+	return ret;
+}
+
+static bool
+column_uint32(PGresult *res, int row, int col, uint32_t *value_r)
+{
+	return !PQgetisnull(res, row, col) &&
+		str_to_uint32(PQgetvalue(res, row, col), value_r) == 0;
+}
+
+static bool
+column_uint64(PGresult *res, int row, int col, uint64_t *value_r)
+{
+	return !PQgetisnull(res, row, col) &&
+		str_to_uint64(PQgetvalue(res, row, col), value_r) == 0;
+}
+
+static const char *
+json_text(json_t *json)
+{
+	char *text = json_dumps(json, JSON_COMPACT);
+	const char *copy;
+
+	if (text == NULL)
+		i_fatal_status(FATAL_OUTOFMEM, "json_dumps: out of memory");
+	copy = t_strdup(text);
+	free(text);
+	return copy;
+}
+
+/* mail.mirror_folders(): sends the list, reads back what was recorded. */
+static int
+mirror_folders(struct mm_sync *sync, ARRAY_TYPE(mm_folder) *folders,
+	       json_t *folders_json)
+{
+	HASH_TABLE(const char *, struct mm_folder *) by_guid;
+	struct mm_folder *f;
+	const char *params[2];
+	PGresult *res;
+	int rows;
+
+	params[0] = sync->address;
+	params[1] = json_text(folders_json);
+	res = mm_mirror_db_query(sync->db,
+		"SELECT guid, uidvalidity, uidnext, highest_modseq, message_count"
+		" FROM mail.mirror_folders($1, $2::jsonb)", 2, params);
+	if (res == NULL) {
+		sync_fail_db_as(sync, "mail.mirror_folders", TRUE);
+		return -1;
+	}
+	hash_table_create(&by_guid, sync->pool, 0, str_hash, strcmp);
+	array_foreach_elem(folders, f)
+		hash_table_insert(by_guid, f->guid, f);
+	rows = PQntuples(res);
+	for (int i = 0; i < rows; i++) {
+		f = hash_table_lookup(by_guid,
+				      (const char *)PQgetvalue(res, i, 0));
+		if (f == NULL)
+			continue;
+		f->recorded = column_uint32(res, i, 1, &f->r_uidvalidity) &&
+			column_uint32(res, i, 2, &f->r_uidnext) &&
+			column_uint32(res, i, 4, &f->r_messages);
+		f->recorded_modseq = f->recorded &&
+			column_uint64(res, i, 3, &f->r_highest_modseq);
+	}
+	hash_table_destroy(&by_guid);
+	PQclear(res);
+	return 0;
+}
+
+static bool
+folder_unchanged(const struct mm_folder *f)
+{
+	return f->recorded && f->recorded_modseq &&
+		f->r_uidvalidity == f->uidvalidity &&
+		f->r_uidnext == f->uidnext &&
+		f->r_messages == f->messages &&
+		f->r_highest_modseq == f->highest_modseq;
+}
+
+static json_t *
+flags_json(enum mail_flags flags)
+{
+	static const struct {
+		enum mail_flags flag;
+		const char *name;
+	} names[] = {
+		{ MAIL_SEEN, "\\Seen" },
+		{ MAIL_ANSWERED, "\\Answered" },
+		{ MAIL_FLAGGED, "\\Flagged" },
+		{ MAIL_DELETED, "\\Deleted" },
+		{ MAIL_DRAFT, "\\Draft" },
+	};
+	json_t *array = json_array();
+
+	for (size_t i = 0; i < N_ELEMENTS(names); i++) {
+		if ((flags & names[i].flag) != 0)
+			json_array_append_new(array, json_string(names[i].name));
+	}
+	return array;
+}
+
+static json_t *
+keywords_json(const char *const *keywords)
+{
+	json_t *array = json_array();
+
+	for (; keywords != NULL && *keywords != NULL; keywords++)
+		json_array_append_new(array, mm_json_str(*keywords));
+	return array;
+}
+
+static const char *
+utc_timestamp(time_t t)
+{
+	struct tm tm;
+	char buf[32];
+
+	if (gmtime_r(&t, &tm) == NULL ||
+	    strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+		return "1970-01-01T00:00:00Z";
+	return t_strdup(buf);
+}
+
+static void
+batch_reset_lists(struct mm_batch *b)
+{
+	json_decref(b->upsert);
+	json_decref(b->expunge);
+	b->upsert = json_array();
+	b->expunge = json_array();
+	b->count = 0;
+}
+
+/* Whether the milter's record of this message may still be on its way:
+   it carries the milter's stamp and arrived recently. */
+static bool
+milter_record_pending(struct mail *mail, const char *mailmeta_id)
+{
+	char stamped[MM_UUID_TEXT_SIZE];
+	const char *value;
+	time_t received;
+
+	return mail_get_first_header(mail, "X-Mailmeta-ID", &value) > 0 &&
+		mm_mirror_parse_uuid(value, stamped) &&
+		strcmp(stamped, mailmeta_id) == 0 &&
+		mail_get_received_date(mail, &received) == 0 &&
+		received > time(NULL) - MM_MIRROR_STAMPED_GRACE_SECS;
+}
+
+/* Builds and stores the metadata record of UID, which the database lacks.
+   Returns 1 done, 0 the message is gone, 2 deferred (see
+   MM_MIRROR_STAMPED_GRACE_SECS), -1 failed. */
+static int
+record_message(struct mm_batch *b, uint32_t uid, const char *mailmeta_id)
+{
+	struct mm_sync *sync = b->sync;
+	const char *error = NULL, *params[2];
+	char *json = NULL;
+	enum mm_mirror_read read;
+	PGresult *res;
+	int ret = 1;
+
+	if (!mail_set_uid(b->record_mail, uid))
+		return 0;
+	if (milter_record_pending(b->record_mail, mailmeta_id)) {
+		sync->stats->deferred++;
+		return 2;
+	}
+	T_BEGIN {
+		read = mm_mirror_message_record(b->record_mail, mailmeta_id,
+						&json, &error);
+		if (read == MM_MIRROR_READ_FAILED) {
+			sync_fail(sync, MM_MIRROR_FAILED, "%s: %s",
+				  b->folder->vname, error);
+			ret = -1;
+		} else if (read == MM_MIRROR_READ_EXPUNGED) {
+			ret = 0;
+		} else {
+			params[0] = sync->address;
+			params[1] = json;
+			res = mm_mirror_db_query(sync->db,
+				"SELECT mail.record_mailbox_message($1, $2::jsonb)",
+				2, params);
+			if (res == NULL) {
+				sync_fail_db(sync, "mail.record_mailbox_message");
+				ret = -1;
+			} else {
+				PQclear(res);
+				sync->stats->records++;
+				sync->records_uncommitted++;
+			}
+		}
+	} T_END;
+	free(json);
+	if (ret > 0 && sync->records_uncommitted >= MM_MIRROR_RECORDS_PER_COMMIT) {
+		sync->records_uncommitted = 0;
+		if (mm_mirror_db_commit(sync->db) < 0) {
+			sync_fail_db(sync, "COMMIT");
+			return -1;
+		}
+		if (mm_mirror_db_begin(sync->db) < 0) {
+			sync_fail_db(sync, "BEGIN");
+			return -1;
+		}
+	}
+	return ret;
+}
+
+/* Sends the batch to mail.mirror_messages() and records what the database
+   lacks.  Returns 0, or -1 on failure; *stale set when a message vanished
+   meanwhile or its record was deferred: the folder is then not recorded
+   as synced. */
+static int
+batch_flush(struct mm_batch *b, bool *stale)
+{
+	struct mm_sync *sync = b->sync;
+	const char *params[3];
+	PGresult *res;
+	json_t *batch;
+	int ret = 0, rows;
+
+	batch = json_pack("{s:I, s:b, s:O, s:O}",
+			  "uidvalidity", (json_int_t)b->uidvalidity,
+			  "reset", b->reset,
+			  "upsert", b->upsert,
+			  "expunge", b->expunge);
+	params[0] = sync->address;
+	params[1] = b->folder->guid;
+	params[2] = json_text(batch);
+	json_decref(batch);
+	sync->stats->messages += json_array_size(b->upsert);
+	sync->stats->expunges += json_array_size(b->expunge);
+	b->reset = FALSE;
+	b->sent_any = TRUE;
+	batch_reset_lists(b);
+
+	res = mm_mirror_db_query(sync->db,
+		"SELECT uid, mailmeta_id FROM mail.mirror_messages($1, $2, $3::jsonb)",
+		3, params);
+	if (res == NULL) {
+		sync_fail_db(sync, "mail.mirror_messages");
+		return -1;
+	}
+	rows = PQntuples(res);
+	for (int i = 0; i < rows && ret == 0; i++) {
+		uint32_t uid;
+		char id[MM_UUID_TEXT_SIZE];
+		int r;
+
+		if (!column_uint32(res, i, 0, &uid) ||
+		    !mm_mirror_parse_uuid(PQgetvalue(res, i, 1), id)) {
+			sync_fail(sync, MM_MIRROR_FAILED, "mail.mirror_messages "
+				  "returned an invalid row");
+			ret = -1;
+			break;
+		}
+		r = record_message(b, uid, id);
+		if (r < 0)
+			ret = -1;
+		else if (r == 0 || r == 2)
+			*stale = TRUE;
+	}
+	PQclear(res);
+	return ret;
+}
+
+/* Adds one message's absolute state to the batch.  Returns 1 added, 0 the
+   message is gone, -1 failed. */
+static int
+batch_add_mail(struct mm_batch *b, struct mail *mail)
+{
+	char id[MM_UUID_TEXT_SIZE];
+	const char *error = NULL;
+	time_t received;
+	uoff_t size;
+	json_t *entry;
+
+	switch (mm_mirror_message_id(mail, id, &error)) {
+	case MM_MIRROR_READ_OK:
+		break;
+	case MM_MIRROR_READ_EXPUNGED:
+		return 0;
+	case MM_MIRROR_READ_FAILED:
+		sync_fail(b->sync, MM_MIRROR_FAILED, "%s: %s",
+			  b->folder->vname, error);
+		return -1;
+	}
+	if (mail_get_received_date(mail, &received) < 0 ||
+	    mail_get_virtual_size(mail, &size) < 0) {
+		if (mail->expunged ||
+		    mailbox_get_last_mail_error(mail->box) == MAIL_ERROR_EXPUNGED)
+			return 0;
+		sync_fail(b->sync, MM_MIRROR_FAILED, "%s: reading UID %u: %s",
+			  b->folder->vname, mail->uid,
+			  mailbox_get_last_internal_error(mail->box, NULL));
+		return -1;
+	}
+	entry = json_pack("{s:I, s:s, s:o, s:o, s:s, s:I, s:I}",
+		"uid", (json_int_t)mail->uid,
+		"mailmeta_id", id,
+		"flags", flags_json(mail_get_flags(mail)),
+		"keywords", keywords_json(mail_get_keywords(mail)),
+		"internal_date", utc_timestamp(received),
+		"size", (json_int_t)size,
+		"modseq", (json_int_t)mail_get_modseq(mail));
+	json_array_append_new(b->upsert, entry);
+	b->count++;
+	return 1;
+}
+
+/* Sends the folder's messages (all of them when full, else those changed
+   since the recorded modseq plus the expunged UIDs).  Returns 0, or -1 on
+   failure; *stale set when a message vanished while being read. */
+static int
+send_messages(struct mm_sync *sync, struct mm_folder *f, struct mailbox *box,
+	      const struct mailbox_status *status, bool full,
+	      const ARRAY_TYPE(seq_range) *expunged, bool *stale)
+{
+	static const char *const headers[] = { "X-Mailmeta-ID", NULL };
+	struct mailbox_header_lookup_ctx *wanted_headers;
+	struct mail_search_args *args;
+	struct mail_search_context *search;
+	struct mail_search_arg *arg;
+	struct mm_batch b;
+	struct mail *mail;
+	int ret = 0;
+
+	i_zero(&b);
+	b.sync = sync;
+	b.folder = f;
+	b.uidvalidity = status->uidvalidity;
+	b.reset = full;
+	batch_reset_lists(&b);
+	if (expunged != NULL) {
+		const struct seq_range *range;
+
+		array_foreach(expunged, range) {
+			for (uint32_t uid = range->seq1; ; uid++) {
+				json_array_append_new(b.expunge,
+					json_integer(uid));
+				if (uid == range->seq2)
+					break;
+			}
+		}
+	}
+
+	args = mail_search_build_init();
+	if (full) {
+		mail_search_build_add_all(args);
+	} else {
+		arg = mail_search_build_add(args, SEARCH_MODSEQ);
+		arg->value.modseq = p_new(args->pool, struct mail_search_modseq, 1);
+		arg->value.modseq->modseq = f->r_highest_modseq + 1;
+	}
+
+	b.t = mailbox_transaction_begin(box, 0, "mailmeta mirror");
+	b.record_mail = mail_alloc(b.t, 0, NULL);
+	wanted_headers = mailbox_header_lookup_init(box, headers);
+	search = mailbox_search_init(b.t, args, NULL, MAIL_FETCH_FLAGS |
+				     MAIL_FETCH_RECEIVED_DATE |
+				     MAIL_FETCH_VIRTUAL_SIZE, wanted_headers);
+	mailbox_header_lookup_unref(&wanted_headers);
+	mail_search_args_unref(&args);
+
+	while (ret == 0 && mailbox_search_next(search, &mail)) {
+		int r;
+
+		if (!full && mail_get_modseq(mail) <= f->r_highest_modseq)
+			continue;
+		T_BEGIN {
+			r = batch_add_mail(&b, mail);
+		} T_END;
+		if (r < 0)
+			ret = -1;
+		else if (r == 0)
+			*stale = TRUE;
+		else if (b.count >= MM_MIRROR_BATCH_SIZE) T_BEGIN {
+			ret = batch_flush(&b, stale);
+		} T_END;
+	}
+	if (mailbox_search_deinit(&search) < 0 && ret == 0) {
+		sync_fail_box(sync, box, "searching");
+		ret = -1;
+	}
+	/* the last batch; one is always sent when the folder must be reset
+	   or has expunges, even without upserts */
+	if (ret == 0 && (b.count > 0 || json_array_size(b.expunge) > 0 ||
+			 b.reset || !b.sent_any)) T_BEGIN {
+		ret = batch_flush(&b, stale);
+	} T_END;
+
+	mail_free(&b.record_mail);
+	(void)mailbox_transaction_commit(&b.t);
+	json_decref(b.upsert);
+	json_decref(b.expunge);
+	return ret;
+}
+
+/* mail.mirror_folder_done(): 1 the mirror agrees, 0 its count differs,
+   -1 failed. */
+static int
+folder_done(struct mm_sync *sync, struct mm_folder *f,
+	    const struct mailbox_status *status)
+{
+	const char *params[6];
+	PGresult *res;
+	int ret;
+
+	params[0] = sync->address;
+	params[1] = f->guid;
+	params[2] = t_strdup_printf("%u", status->uidvalidity);
+	params[3] = t_strdup_printf("%u", status->uidnext);
+	params[4] = t_strdup_printf("%"PRIu64, status->highest_modseq);
+	params[5] = t_strdup_printf("%u", status->messages);
+	res = mm_mirror_db_query(sync->db,
+		"SELECT mail.mirror_folder_done($1, $2, $3, $4, $5, $6)",
+		6, params);
+	if (res == NULL) {
+		sync_fail_db(sync, "mail.mirror_folder_done");
+		return -1;
+	}
+	ret = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0 ?
+		1 : 0;
+	PQclear(res);
+	return ret;
+}
+
+/* Brings one folder's mirror up to date. */
+static int
+sync_folder(struct mm_sync *sync, struct mm_folder *f, bool forget)
+{
+	struct mailbox *box;
+	struct mailbox_status status;
+	ARRAY_TYPE(seq_range) expunged, filter;
+	const char *guid;
+	bool full, stale = FALSE;
+	int ret = 0, done;
+
+	box = mailbox_alloc(f->ns->list, f->vname, 0);
+	if (open_folder(box) < 0 || folder_state(box, &status, &guid) < 0) {
+		if (!box_not_found(box)) {
+			sync_fail_box(sync, box, "opening");
+			ret = -1;
+		}
+		mailbox_free(&box);
+		return ret;
+	}
+	if (strcmp(guid, f->guid) != 0) {
+		/* renamed or recreated since it was listed: the change
+		   marked the user dirty, the next sync sees it */
+		mailbox_free(&box);
+		return 0;
+	}
+
+	full = forget || !f->recorded || !f->recorded_modseq ||
+		f->r_uidvalidity != status.uidvalidity ||
+		f->r_highest_modseq > status.highest_modseq ||
+		status.nonpermanent_modseqs || status.no_modseq_tracking;
+	t_array_init(&expunged, 32);
+	if (!full) {
+		t_array_init(&filter, 1);
+		seq_range_array_add_range(&filter, 1, (uint32_t)-1);
+		if (!mailbox_get_expunged_uids(box, f->r_highest_modseq,
+					       &filter, &expunged))
+			full = TRUE;
+	}
+	for (;;) {
+		sync->stats->folders_synced++;
+		if (full)
+			sync->stats->full_sends++;
+		if (send_messages(sync, f, box, &status, full,
+				  full ? NULL : &expunged, &stale) < 0) {
+			ret = -1;
+			break;
+		}
+		if (stale)
+			break;	/* look again at the next sync */
+		done = folder_done(sync, f, &status);
+		if (done < 0) {
+			ret = -1;
+		} else if (done == 0 && !full) {
+			/* drift: the mirror lost track; send it all */
+			full = TRUE;
+			continue;
+		} else if (done == 0) {
+			i_warning("mailmeta: %s: the mirror's message count "
+				  "still differs after a full send",
+				  f->vname);
+		}
+		break;
+	}
+	mailbox_free(&box);
+	return ret;
+}
+
+enum mm_mirror_result
+mm_mirror_sync_user(struct mm_mirror_db *db, struct mail_user *user,
+		    bool forget, struct mm_mirror_sync_stats *stats_r,
+		    const char **error_r)
+{
+	struct mm_sync sync;
+	ARRAY_TYPE(mm_folder) folders;
+	struct mm_folder *f;
+	json_t *folders_json;
+	const char *params[1];
+	PGresult *res;
+	int ret = 0;
+
+	i_zero(stats_r);
+	i_zero(&sync);
+	sync.db = db;
+	sync.user = user;
+	sync.address = user->username;
+	sync.pool = pool_alloconly_create("mailmeta sync", 4096);
+	sync.stats = stats_r;
+	p_array_init(&folders, sync.pool, 16);
+
+	/* Dovecot first: a storage problem costs no database round trip */
+	folders_json = json_array();
+	if (list_folders(&sync, &folders, folders_json) < 0)
+		ret = -1;
+	else if (mm_mirror_db_begin(db) < 0) {
+		sync_fail_db(&sync, "BEGIN");
+		ret = -1;
+	}
+	if (ret == 0 && forget) {
+		params[0] = sync.address;
+		res = mm_mirror_db_query(db, "SELECT mail.mirror_forget($1)",
+					 1, params);
+		if (res == NULL) {
+			sync_fail_db_as(&sync, "mail.mirror_forget", TRUE);
+			ret = -1;
+		}
+		PQclear(res);
+	}
+	if (ret == 0) T_BEGIN {
+		ret = mirror_folders(&sync, &folders, folders_json);
+	} T_END;
+	json_decref(folders_json);
+
+	if (ret == 0) {
+		array_foreach_elem(&folders, f) {
+			if (!forget && folder_unchanged(f))
+				continue;
+			T_BEGIN {
+				ret = sync_folder(&sync, f, forget);
+			} T_END;
+			if (ret < 0)
+				break;
+		}
+	}
+	if (ret == 0 && mm_mirror_db_commit(db) < 0) {
+		sync_fail_db(&sync, "COMMIT");
+		ret = -1;
+	}
+	if (ret < 0)
+		mm_mirror_db_rollback(db);
+
+	enum mm_mirror_result result = sync.result;
+	if (ret < 0 && result == MM_MIRROR_OK)
+		result = MM_MIRROR_FAILED;
+	*error_r = t_strdup(sync.error == NULL ? "unknown error" : sync.error);
+	pool_unref(&sync.pool);
+	return ret < 0 ? result : MM_MIRROR_OK;
+}

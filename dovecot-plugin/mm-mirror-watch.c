@@ -1,0 +1,377 @@
+/*
+ * mm-mirror-watch.c - `doveadm mailmeta watch` (see mm-mirror-watch.h)
+ *
+ * Users are opened through Dovecot's mail-storage-service with temporary
+ * privilege drops, as `doveadm -A` does, so one root process can serve
+ * every user.  After each user the watcher takes root back: Dovecot's auth
+ * lists users only to root (or the socket's owner), and the spool is
+ * handled as root.  The spool's .claimed/ directory still gets the spool's
+ * own owner, so a watcher not started as root works with its own spool.
+ */
+#include "lib.h"
+#include "array.h"
+#include "lib-signals.h"
+#include "master-service.h"
+#include "mail-storage-service.h"
+#include "mail-user.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mailmeta-spool.h"
+#include "mm-mirror-db.h"
+#include "mm-mirror-sync.h"
+#include "mm-mirror-watch.h"
+
+#define MM_WATCH_MAX_BACKOFF_SECS 30
+#define MM_WATCH_POLL_MSECS 1000
+
+struct mm_watch {
+	const struct mm_mirror_watch_settings *set;
+	char *claim_dir;
+	struct mm_mirror_db *db;
+	struct mail_storage_service_ctx *storage;
+	int inotify_fd;
+	unsigned int term_counter;
+	unsigned int backoff_secs;
+	time_t next_check;
+};
+
+static bool
+watch_stopping(const struct mm_watch *w)
+{
+	return signal_term_counter != w->term_counter;
+}
+
+static time_t
+monotonic_secs(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
+		i_fatal("clock_gettime(CLOCK_MONOTONIC) failed: %m");
+	return ts.tv_sec;
+}
+
+/* Opens one user and syncs it. */
+static enum mm_mirror_result
+watch_sync_user(struct mm_watch *w, const char *username)
+{
+	struct mail_storage_service_input input;
+	struct mail_storage_service_user *service_user;
+	struct mail_user *user;
+	struct mm_mirror_sync_stats stats;
+	enum mm_mirror_result result;
+	const char *error;
+	int ret;
+
+	i_zero(&input);
+	input.service = "doveadm";
+	input.username = username;
+	ret = mail_storage_service_lookup_next(w->storage, &input,
+					       &service_user, &user, &error);
+	if (ret < 0) {
+		i_error("mailmeta: %s: %s", username, error);
+		return MM_MIRROR_FAILED;
+	}
+	if (ret == 0)
+		return MM_MIRROR_NO_USER;
+
+	result = mm_mirror_sync_user(w->db, user, FALSE, &stats, &error);
+	switch (result) {
+	case MM_MIRROR_OK:
+		if (stats.folders_synced > 0) {
+			i_info("mailmeta: %s: synced %u of %u folders "
+			       "(%u in full): %u messages, %u expunged, "
+			       "%u records built%s", username,
+			       stats.folders_synced, stats.folders,
+			       stats.full_sends, stats.messages,
+			       stats.expunges, stats.records,
+			       stats.deferred == 0 ? "" : t_strdup_printf(
+				", %u waiting for the milter's record",
+				stats.deferred));
+		}
+		break;
+	case MM_MIRROR_NO_USER:
+		i_warning("mailmeta: %s: not in mail.users, not mirrored: %s",
+			  username, error);
+		break;
+	case MM_MIRROR_DB_DOWN:
+	case MM_MIRROR_FAILED:
+		i_error("mailmeta: %s: sync failed, will retry: %s",
+			username, error);
+		break;
+	}
+	mail_user_deinit(&user);
+	mail_storage_service_user_unref(&service_user);
+	if (getuid() == 0 && geteuid() != 0 && seteuid(0) < 0)
+		i_fatal("mailmeta: seteuid(0) failed: %m");
+	return result;
+}
+
+static void
+claim_path(struct mm_watch *w, const char *name, const char **spool_r,
+	   const char **claim_r)
+{
+	*spool_r = t_strconcat(w->set->spool_dir, "/", name, NULL);
+	*claim_r = t_strconcat(w->claim_dir, "/", name, NULL);
+}
+
+/* Puts a claim back into the spool: a mark made meanwhile means the same. */
+static void
+put_back(struct mm_watch *w, const char *name)
+{
+	const char *spool, *claim;
+
+	claim_path(w, name, &spool, &claim);
+	if (rename(claim, spool) < 0)
+		i_error("mailmeta: rename(%s, %s) failed: %m", claim, spool);
+}
+
+static int
+read_names(const char *dir, ARRAY_TYPE(const_string) *names)
+{
+	DIR *dirp;
+	struct dirent *d;
+
+	dirp = opendir(dir);
+	if (dirp == NULL) {
+		i_error("mailmeta: opendir(%s) failed: %m", dir);
+		return -1;
+	}
+	errno = 0;
+	while ((d = readdir(dirp)) != NULL) {
+		if (d->d_name[0] == '.')
+			continue;
+		const char *name = t_strdup(d->d_name);
+		array_push_back(names, &name);
+		errno = 0;
+	}
+	if (errno != 0)
+		i_error("mailmeta: readdir(%s) failed: %m", dir);
+	(void)closedir(dirp);
+	return 0;
+}
+
+/* One pass over the marks.  Returns 0 when every sync succeeded. */
+static int
+process_spool(struct mm_watch *w)
+{
+	ARRAY_TYPE(const_string) names;
+	const char *name, *spool, *claim;
+	char user[MAILMETA_SPOOL_NAME_SIZE];
+	int ret = 0;
+
+	t_array_init(&names, 32);
+	if (read_names(w->set->spool_dir, &names) < 0)
+		return -1;
+	array_foreach_elem(&names, name) {
+		if (watch_stopping(w))
+			break;
+		claim_path(w, name, &spool, &claim);
+		if (!mailmeta_spool_decode(name, user, sizeof(user))) {
+			i_warning("mailmeta: %s is not a user mark; removed",
+				  spool);
+			if (unlink(spool) < 0 && errno != ENOENT)
+				i_error("mailmeta: unlink(%s) failed: %m", spool);
+			continue;
+		}
+		if (rename(spool, claim) < 0) {
+			if (errno != ENOENT) {
+				i_error("mailmeta: rename(%s, %s) failed: %m",
+					spool, claim);
+				ret = -1;
+			}
+			continue;
+		}
+		enum mm_mirror_result result;
+		T_BEGIN {
+			result = watch_sync_user(w, user);
+		} T_END;
+		if (result == MM_MIRROR_OK || result == MM_MIRROR_NO_USER) {
+			if (unlink(claim) < 0)
+				i_error("mailmeta: unlink(%s) failed: %m", claim);
+			continue;
+		}
+		put_back(w, name);
+		ret = -1;
+		if (result == MM_MIRROR_DB_DOWN)
+			break;	/* the others would fail the same way */
+	}
+	return ret;
+}
+
+/* The drift check: every user the userdb lists.  0 when all synced. */
+static int
+check_all_users(struct mm_watch *w)
+{
+	const char *user;
+	unsigned int count = 0;
+	int ret, failed = 0;
+
+	mail_storage_service_all_init_mask(w->storage, "");
+	while ((ret = mail_storage_service_all_next(w->storage, &user)) > 0) {
+		enum mm_mirror_result result;
+
+		if (watch_stopping(w))
+			return 0;
+		count++;
+		T_BEGIN {
+			result = watch_sync_user(w, t_strdup(user));
+		} T_END;
+		if (result == MM_MIRROR_DB_DOWN)
+			return -1;
+		if (result == MM_MIRROR_FAILED)
+			failed = -1;
+	}
+	if (ret < 0) {
+		i_error("mailmeta: drift check: listing users failed");
+		return -1;
+	}
+	i_debug("mailmeta: drift check of %u users done", count);
+	return failed;
+}
+
+/* Sleeps until a mark may be waiting, the drift check is due, or a signal
+   ends us; while backing off, marks do not wake us early. */
+static void
+watch_wait(struct mm_watch *w)
+{
+	time_t now = monotonic_secs(), deadline;
+	struct pollfd pfd;
+	char buf[4096];
+
+	deadline = w->set->check_interval_secs == 0 ? now + 3600 :
+		w->next_check;
+	if (w->backoff_secs > 0 && now + (time_t)w->backoff_secs < deadline)
+		deadline = now + w->backoff_secs;
+	while (!watch_stopping(w) && (now = monotonic_secs()) < deadline) {
+		int timeout = (int)(deadline - now) * 1000;
+
+		pfd.fd = w->inotify_fd;
+		pfd.events = POLLIN;
+		pfd.revents = 0;
+		if (w->inotify_fd == -1) {
+			if (w->backoff_secs == 0 && timeout > MM_WATCH_POLL_MSECS)
+				timeout = MM_WATCH_POLL_MSECS;
+			(void)poll(NULL, 0, timeout);
+			if (w->backoff_secs == 0)
+				return;
+			continue;
+		}
+		if (poll(&pfd, 1, timeout) <= 0)
+			continue;	/* timeout or a signal: look again */
+		/* drain; the events only say "look at the spool" */
+		while (read(w->inotify_fd, buf, sizeof(buf)) > 0) ;
+		if (w->backoff_secs == 0)
+			return;
+	}
+}
+
+static int
+watch_init_spool(struct mm_watch *w)
+{
+	ARRAY_TYPE(const_string) names;
+	const char *name;
+	struct stat st;
+
+	if (stat(w->set->spool_dir, &st) < 0) {
+		i_error("mailmeta: stat(%s) failed: %m (mailmeta_spool_dir)",
+			w->set->spool_dir);
+		return -1;
+	}
+	w->claim_dir = i_strconcat(w->set->spool_dir, "/",
+				   MAILMETA_SPOOL_CLAIM_DIR, NULL);
+	if (mkdir(w->claim_dir, 0770) == 0) {
+		/* the spool's owner, so renames work after a privilege drop */
+		if (chown(w->claim_dir, st.st_uid, st.st_gid) < 0)
+			i_error("mailmeta: chown(%s) failed: %m", w->claim_dir);
+	} else if (errno != EEXIST) {
+		i_error("mailmeta: mkdir(%s) failed: %m", w->claim_dir);
+		return -1;
+	}
+	/* claims a crash left behind */
+	t_array_init(&names, 8);
+	if (read_names(w->claim_dir, &names) < 0)
+		return -1;
+	array_foreach_elem(&names, name)
+		put_back(w, name);
+
+	w->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (w->inotify_fd == -1) {
+		i_warning("mailmeta: inotify_init1() failed: %m; "
+			  "polling the spool every second");
+	} else if (inotify_add_watch(w->inotify_fd, w->set->spool_dir,
+				     IN_CREATE | IN_MOVED_TO | IN_ATTRIB) < 0) {
+		i_warning("mailmeta: inotify_add_watch(%s) failed: %m; "
+			  "polling the spool every second", w->set->spool_dir);
+		i_close_fd(&w->inotify_fd);
+	}
+	return 0;
+}
+
+int
+mm_mirror_watch_run(const struct mm_mirror_watch_settings *set)
+{
+	struct mm_watch w;
+	int ret;
+
+	i_zero(&w);
+	w.set = set;
+	w.inotify_fd = -1;
+	w.term_counter = signal_term_counter;
+	ret = 0;
+	T_BEGIN {
+		ret = watch_init_spool(&w);
+	} T_END;
+	if (ret < 0) {
+		i_free(w.claim_dir);
+		return -1;
+	}
+	w.db = mm_mirror_db_new(set->dsn);
+	w.storage = mail_storage_service_init(master_service, NULL,
+		MAIL_STORAGE_SERVICE_FLAG_USERDB_LOOKUP |
+		MAIL_STORAGE_SERVICE_FLAG_TEMP_PRIV_DROP |
+		MAIL_STORAGE_SERVICE_FLAG_NO_LOG_INIT);
+	i_info("mailmeta: watching %s (drift check every %u s)",
+	       set->spool_dir, set->check_interval_secs);
+
+	w.next_check = monotonic_secs();
+	while (!watch_stopping(&w)) {
+		int failed;
+
+		/* marks first: they are what clients wait for */
+		T_BEGIN {
+			failed = process_spool(&w);
+		} T_END;
+		if (failed == 0 && set->check_interval_secs > 0 &&
+		    !watch_stopping(&w) && monotonic_secs() >= w.next_check) {
+			w.next_check = monotonic_secs() +
+				set->check_interval_secs;
+			T_BEGIN {
+				failed = check_all_users(&w);
+			} T_END;
+		}
+
+		if (failed == 0)
+			w.backoff_secs = 0;
+		else if (w.backoff_secs == 0)
+			w.backoff_secs = 1;
+		else if (w.backoff_secs < MM_WATCH_MAX_BACKOFF_SECS)
+			w.backoff_secs = I_MIN(w.backoff_secs * 2,
+					       MM_WATCH_MAX_BACKOFF_SECS);
+		watch_wait(&w);
+	}
+
+	i_info("mailmeta: stopping");
+	mail_storage_service_deinit(&w.storage);
+	mm_mirror_db_free(&w.db);
+	i_close_fd(&w.inotify_fd);
+	i_free(w.claim_dir);
+	return 0;
+}

@@ -1,0 +1,577 @@
+"""The mailbox mirror (doc/mailbox-mirror.md): whatever changes a mailbox —
+LMTP delivery, Sieve fileinto, IMAP APPEND/STORE/COPY/MOVE/EXPUNGE and
+folder commands, POP3 DELE, doveadm — the SQL mirror (mail.folders,
+mail.mailbox_messages) soon equals what IMAP reports, through the mail
+plugin's dirty marks and `doveadm mailmeta watch`; messages that never
+passed the milter get a metadata row built from the message; a PostgreSQL
+outage neither blocks IMAP nor loses changes; a forgotten mirror is rebuilt
+exactly by `doveadm mailmeta resync`, and drift behind the plugin's back is
+repaired by the watcher's periodic check."""
+
+import base64
+import glob
+import hashlib
+import os
+import re
+import subprocess
+import time
+import urllib.parse
+import uuid
+
+import pytest
+
+from mmtest import new_message
+from test_sieve import ManageSieve
+
+MIRROR_TIMEOUT = 20.0
+SPECIAL_USE = {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk",
+               "\\Sent", "\\Trash"}
+
+
+# ------------------------------------------------------------ helpers
+def mutf7_encode(name):
+    """IMAP's modified UTF-7 (RFC 3501 5.1.3)."""
+    out, run = [], []
+
+    def flush():
+        if run:
+            b64 = base64.b64encode("".join(run).encode("utf-16-be")).decode()
+            out.append("&" + b64.rstrip("=").replace("/", ",") + "-")
+            run.clear()
+    for ch in name:
+        if 0x20 <= ord(ch) <= 0x7e:
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            run.append(ch)
+    flush()
+    return "".join(out)
+
+
+def mutf7_decode(name):
+    out, i = [], 0
+    while i < len(name):
+        if name[i] != "&":
+            out.append(name[i])
+            i += 1
+            continue
+        j = name.index("-", i)
+        if j == i + 1:
+            out.append("&")
+        else:
+            b64 = name[i + 1:j].replace(",", "/")
+            b64 += "=" * (-len(b64) % 4)
+            out.append(base64.b64decode(b64).decode("utf-16-be"))
+        i = j + 1
+    return "".join(out)
+
+
+def quoted(name):
+    return '"' + mutf7_encode(name).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+LIST_LINE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"(?:[^"\\]|\\.)*"|NIL) (?P<name>.*)$')
+
+
+def parse_list(lines):
+    """LIST/LSUB lines -> {name: set of attributes}."""
+    result = {}
+    for line in lines:
+        if line is None:
+            continue
+        if isinstance(line, tuple):        # a literal name
+            m = LIST_LINE.match(line[0].rstrip(b"{0123456789}").strip() + b' ""')
+            name = line[1].decode()
+        else:
+            m = LIST_LINE.match(line)
+            name = m.group("name").decode()
+            if name.startswith('"'):
+                name = re.sub(r'\\(.)', r'\1', name[1:-1])
+        flags = set(m.group("flags").decode().split())
+        result[mutf7_decode(name)] = flags
+    return result
+
+
+def imap_state(stack, user, password):
+    """What IMAP reports: {folder: {uidvalidity, special_use, subscribed,
+    messages: {uid: (flags, keywords)}}}, selectable folders only."""
+    m = stack.imap(user, password)
+    try:
+        typ, lines = m.list()
+        assert typ == "OK"
+        folders = parse_list(lines)
+        typ, lines = m.lsub()
+        assert typ == "OK"
+        subscribed = set(parse_list(lines))
+        state = {}
+        for name, attrs in folders.items():
+            if attrs & {"\\Noselect", "\\NonExistent"}:
+                continue
+            typ, _ = m.select(quoted(name), readonly=True)
+            assert typ == "OK", name
+            uidvalidity = int(m.response("UIDVALIDITY")[1][0])
+            typ, data = m.uid("FETCH", "1:*", "(FLAGS)")
+            assert typ == "OK", name
+            messages = {}
+            for item in data:
+                if not item:
+                    continue
+                text = item.decode() if isinstance(item, bytes) else item[0].decode()
+                uid = re.search(r"UID (\d+)", text)
+                flags = re.search(r"FLAGS \(([^)]*)\)", text)
+                if not uid or not flags:
+                    continue
+                words = set(flags.group(1).split()) - {"\\Recent"}
+                messages[int(uid.group(1))] = (
+                    frozenset(w for w in words if w.startswith("\\")),
+                    frozenset(w for w in words if not w.startswith("\\")))
+            state[name] = {
+                "uidvalidity": uidvalidity,
+                "special_use": frozenset(attrs & SPECIAL_USE),
+                "subscribed": name in subscribed,
+                "messages": messages,
+            }
+        return state
+    finally:
+        m.logout()
+
+
+def mirror_state(stack, user):
+    """The same structure, read from the SQL mirror as the admin."""
+    state = {}
+    for name, special_use, subscribed, uidvalidity in stack.sql(
+            "SELECT f.name, f.special_use, f.subscribed, f.uidvalidity"
+            " FROM mail.folders f JOIN mail.users u USING (user_id)"
+            " WHERE u.address = %s", user):
+        state[name] = {
+            "uidvalidity": int(uidvalidity) if uidvalidity else None,
+            "special_use": frozenset((special_use or "").split()),
+            "subscribed": subscribed == "t",
+            "messages": {},
+        }
+    names = ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")
+    for row in stack.sql(
+            "SELECT f.name, m.uid, m.seen, m.answered, m.flagged, m.deleted,"
+            " m.draft, array_to_string(m.keywords, ' ')"
+            " FROM mail.mailbox_messages m"
+            " JOIN mail.folders f USING (user_id, folder_id)"
+            " JOIN mail.users u USING (user_id) WHERE u.address = %s", user):
+        flags = frozenset(n for n, v in zip(names, row[2:7]) if v == "t")
+        state[row[0]]["messages"][int(row[1])] = (flags, frozenset(row[7].split()))
+    return state
+
+
+def describe_difference(want, got):
+    lines = []
+    for name in sorted(set(want) | set(got)):
+        if name not in got:
+            lines.append(f"{name!r}: missing from the mirror")
+        elif name not in want:
+            lines.append(f"{name!r}: in the mirror only")
+        elif want[name] != got[name]:
+            for key in want[name]:
+                if want[name][key] != got[name][key]:
+                    lines.append(f"{name!r} {key}: IMAP {want[name][key]!r}"
+                                 f" mirror {got[name][key]!r}")
+    return "; ".join(lines)
+
+
+def wait_mirror(stack, user, password, timeout=MIRROR_TIMEOUT):
+    """Poll until the mirror equals what IMAP reports; return that state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        want = imap_state(stack, user, password)
+        got = mirror_state(stack, user)
+        if want == got:
+            return want
+        if time.monotonic() > deadline:
+            raise AssertionError(f"mirror of {user} differs after {timeout}s: "
+                                 + describe_difference(want, got))
+        time.sleep(0.25)
+
+
+def uuid8(data):
+    """The mailmeta_id of a message that carries no X-Mailmeta-ID."""
+    b = bytearray(hashlib.sha256(data).digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x80
+    b[8] = (b[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(b)))
+
+
+def raw_message(subject, sender="me@example.org", to="you@example.org",
+                extra=""):
+    return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{uuid.uuid4().hex}@example.org>\r\n{extra}\r\n"
+            f"body of {subject}\r\n").encode()
+
+
+def mirror_row(stack, user, folder, uid):
+    rows = stack.sql(
+        "SELECT m.mailmeta_id, m.size_bytes FROM mail.mailbox_messages m"
+        " JOIN mail.folders f USING (user_id, folder_id)"
+        " JOIN mail.users u USING (user_id)"
+        " WHERE u.address = %s AND f.name = %s AND m.uid = %s",
+        user, folder, uid)
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def appenduid(response):
+    m = re.search(rb"APPENDUID \d+ (\d+)", response[1][0])
+    assert m, response
+    return int(m.group(1))
+
+
+def doveadm(stack, *args, plain=False, options=()):
+    """The stack's doveadm; plain: without mailmeta's doveadm plugin."""
+    if plain:
+        cmd = ["doveadm", "-c", stack.env["DOVECOT_CONFIG"], *options, *args]
+    else:
+        cmd = [stack.env["DOVEADM"], *options, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def deliver(stack, user):
+    msg = new_message("someone@outside.example", [user])
+    with stack.smtp() as s:
+        assert s.send_message(msg, to_addrs=[user]) == {}
+    return msg
+
+
+@pytest.fixture
+def mailbox(stack, directory):
+    """A fresh user: (address, password)."""
+    user = directory.add_user("mirror" + uuid.uuid4().hex[:6])
+    return user, directory.passwords[user]
+
+
+# -------------------------------------------------------------- tests
+def test_delivery_is_mirrored_and_linked_to_the_milter_row(stack, mailbox):
+    user, pw = mailbox
+    msg = deliver(stack, user)
+    raw = stack.wait_for_imap(user, pw, msg["Subject"])
+    state = wait_mirror(stack, user, pw)
+    assert len(state["INBOX"]["messages"]) == 1
+    assert {"Drafts", "Sent", "Junk", "Trash", "Archive"} <= set(state)
+    assert state["Sent"]["special_use"] == {"\\Sent"}
+    stamped = re.search(rb"(?im)^X-Mailmeta-ID:\s*([0-9a-f-]{36})", raw).group(1).decode()
+    uid = next(iter(state["INBOX"]["messages"]))
+    assert mirror_row(stack, user, "INBOX", uid)[0] == stamped
+    # the milter's row, not one built from the mailbox
+    assert stack.sql("SELECT direction FROM mail.messages WHERE mailmeta_id = %s",
+                     stamped) == [["inbound"]]
+
+
+def test_append_to_sent_and_drafts_builds_metadata(stack, mailbox):
+    user, pw = mailbox
+    m = stack.imap(user, pw)
+    try:
+        sent = raw_message("sent by a client", sender=user,
+                           to="Friend <friend@example.org>")
+        draft = raw_message("a draft", sender=user)
+        uid_sent = appenduid(m.append("Sent", "(\\Seen)", None, sent))
+        uid_draft = appenduid(m.append("Drafts", "(\\Draft $Unfinished)", None, draft))
+        m.select("Sent", readonly=True)
+        typ, data = m.uid("FETCH", str(uid_sent), "(BODY.PEEK[])")
+        body = data[0][1]
+    finally:
+        m.logout()
+    state = wait_mirror(stack, user, pw)
+    assert state["Drafts"]["messages"][uid_draft] == (
+        frozenset({"\\Draft"}), frozenset({"$Unfinished"}))
+
+    want_id = uuid8(body)
+    assert body == sent
+    mid, size = mirror_row(stack, user, "Sent", uid_sent)
+    assert mid == want_id
+    assert int(size) == len(sent)
+    assert mirror_row(stack, user, "Drafts", uid_draft)[0] == uuid8(draft)
+    rows = stack.sql("SELECT direction, subject, size_bytes, header_from, queue_id,"
+                     " env_from FROM mail.messages WHERE mailmeta_id = %s", mid)
+    assert rows == [["mailbox", "sent by a client", str(len(sent)), user, "", ""]]
+    assert stack.sql("SELECT count(*) FROM mail.user_messages um JOIN mail.users u"
+                     " USING (user_id) WHERE u.address = %s AND um.mailmeta_id = %s",
+                     user, mid) == [["1"]]
+
+    # the same bytes elsewhere get the same id: one metadata row
+    m = stack.imap(user, pw)
+    try:
+        uid_copy = appenduid(m.append("Archive", None, None, sent))
+    finally:
+        m.logout()
+    wait_mirror(stack, user, pw)
+    assert mirror_row(stack, user, "Archive", uid_copy)[0] == want_id
+    assert stack.sql("SELECT count(*) FROM mail.messages WHERE mailmeta_id = %s",
+                     mid) == [["1"]]
+
+
+def test_store_copy_move_expunge(stack, mailbox):
+    user, pw = mailbox
+    for _ in range(3):
+        msg = deliver(stack, user)
+    stack.wait_for_imap(user, pw, msg["Subject"])
+    wait_mirror(stack, user, pw)
+    m = stack.imap(user, pw)
+    try:
+        m.select("INBOX")
+        typ, data = m.uid("SEARCH", "ALL")
+        uids = [int(u) for u in data[0].split()]
+        assert len(uids) == 3, uids
+
+        m.uid("STORE", str(uids[0]), "+FLAGS", "(\\Seen \\Flagged $label1 Work)")
+        state = wait_mirror(stack, user, pw)
+        assert state["INBOX"]["messages"][uids[0]] == (
+            frozenset({"\\Seen", "\\Flagged"}), frozenset({"$label1", "Work"}))
+
+        m.uid("STORE", str(uids[0]), "-FLAGS", "(\\Flagged Work)")
+        m.uid("STORE", str(uids[1]), "FLAGS", "(\\Answered)")
+        state = wait_mirror(stack, user, pw)
+        assert state["INBOX"]["messages"][uids[0]] == (
+            frozenset({"\\Seen"}), frozenset({"$label1"}))
+
+        assert m.uid("COPY", str(uids[0]), "Archive")[0] == "OK"
+        wait_mirror(stack, user, pw)
+        assert m.uid("MOVE", str(uids[1]), "Trash")[0] == "OK"
+        state = wait_mirror(stack, user, pw)
+        assert uids[1] not in state["INBOX"]["messages"]
+        assert len(state["Trash"]["messages"]) == 1
+        assert len(state["Archive"]["messages"]) == 1
+
+        m.uid("STORE", str(uids[2]), "+FLAGS", "(\\Deleted)")
+        wait_mirror(stack, user, pw)
+        m.expunge()
+        state = wait_mirror(stack, user, pw)
+        assert list(state["INBOX"]["messages"]) == [uids[0]]
+    finally:
+        m.logout()
+    # the copy and the moved message keep their milter rows' ids
+    ids = {r[0] for r in stack.sql(
+        "SELECT m.mailmeta_id FROM mail.mailbox_messages m JOIN mail.users u"
+        " USING (user_id) WHERE u.address = %s", user)}
+    assert len(ids) == 2
+    assert stack.sql("SELECT count(*) FROM mail.messages WHERE mailmeta_id ="
+                     " ANY (%s::uuid[])", list(ids)) == [["2"]]
+
+
+def test_folder_create_rename_delete_subscribe(stack, mailbox):
+    user, pw = mailbox
+    m = stack.imap(user, pw)
+    try:
+        assert m.create(quoted("Projects"))[0] == "OK"
+        assert m.create(quoted("Projects/2026"))[0] == "OK"
+        assert m.create(quoted("Reports/Grüße & more"))[0] == "OK"
+        m.append(quoted("Projects/2026"), None, None, raw_message("plan"))
+        state = wait_mirror(stack, user, pw)
+        assert "Reports/Grüße & more" in state
+        assert not state["Projects"]["subscribed"]
+        guid = stack.sql("SELECT f.guid FROM mail.folders f JOIN mail.users u"
+                         " USING (user_id) WHERE u.address = %s AND f.name = %s",
+                         user, "Projects/2026")[0][0]
+
+        assert m.subscribe(quoted("Projects"))[0] == "OK"
+        state = wait_mirror(stack, user, pw)
+        assert state["Projects"]["subscribed"]
+
+        assert m.rename(quoted("Projects"), quoted("Work"))[0] == "OK"
+        state = wait_mirror(stack, user, pw)
+        assert "Projects/2026" not in state
+        assert len(state["Work/2026"]["messages"]) == 1
+        # a folder keeps its identity across a rename
+        assert stack.sql("SELECT f.name FROM mail.folders f JOIN mail.users u"
+                         " USING (user_id) WHERE u.address = %s AND f.guid = %s",
+                         user, guid) == [["Work/2026"]]
+
+        assert m.subscribe(quoted("Work"))[0] == "OK"
+        state = wait_mirror(stack, user, pw)
+        assert state["Work"]["subscribed"]
+        assert m.unsubscribe(quoted("Work"))[0] == "OK"
+        assert m.delete(quoted("Work/2026"))[0] == "OK"
+        assert m.delete(quoted("Reports/Grüße & more"))[0] == "OK"
+        state = wait_mirror(stack, user, pw)
+        assert "Work/2026" not in state
+        assert "Reports/Grüße & more" not in state
+        assert not state["Work"]["subscribed"]
+    finally:
+        m.logout()
+
+
+def test_pop3_dele(stack, mailbox):
+    user, pw = mailbox
+    deliver(stack, user)
+    msg = deliver(stack, user)
+    stack.wait_for_imap(user, pw, msg["Subject"])
+    state = wait_mirror(stack, user, pw)
+    assert len(state["INBOX"]["messages"]) == 2
+    p = stack.pop3(user, pw)
+    p.dele(1)
+    p.quit()
+    state = wait_mirror(stack, user, pw)
+    assert len(state["INBOX"]["messages"]) == 1
+
+
+def test_doveadm_expunge(stack, mailbox):
+    user, pw = mailbox
+    msg = deliver(stack, user)
+    stack.wait_for_imap(user, pw, msg["Subject"])
+    wait_mirror(stack, user, pw)
+    r = doveadm(stack, "expunge", "-u", user, "mailbox", "INBOX", "all")
+    assert r.returncode == 0, r.stderr
+    state = wait_mirror(stack, user, pw)
+    assert state["INBOX"]["messages"] == {}
+
+
+def test_sieve_fileinto(stack, mailbox):
+    user, pw = mailbox
+    ms = ManageSieve(stack.port("SIEVE_PORT"))
+    try:
+        assert ms.login(user, pw).startswith(b"OK")
+        script = ('require ["fileinto", "imap4flags", "mailbox"];\n'
+                  'if header :contains "subject" "mailmeta test" '
+                  '{ addflag "$filed"; fileinto :create "Filed/Tests"; }\n')
+        assert ms.put_script("mirror", script).startswith(b"OK")
+        assert ms.command('SETACTIVE "mirror"').startswith(b"OK")
+    finally:
+        ms.close()
+    msg = deliver(stack, user)
+    stack.wait_for_imap(user, pw, msg["Subject"], mailbox="Filed/Tests")
+    state = wait_mirror(stack, user, pw)
+    assert state["INBOX"]["messages"] == {}
+    assert list(state["Filed/Tests"]["messages"].values()) == [
+        (frozenset(), frozenset({"$filed"}))]
+
+
+def snapshot(stack, user):
+    """Every mirror row of the user, as exact as SQL stores it."""
+    folders = stack.sql(
+        "SELECT f.guid, f.name, f.special_use, f.subscribed, f.uidvalidity,"
+        " f.uidnext, f.highest_modseq, f.message_count, f.total, f.unread"
+        " FROM mail.folders f JOIN mail.users u USING (user_id)"
+        " WHERE u.address = %s ORDER BY f.guid", user)
+    messages = stack.sql(
+        "SELECT f.guid, m.uid, m.mailmeta_id, m.internal_date, m.size_bytes,"
+        " m.modseq, m.seen, m.answered, m.flagged, m.deleted, m.draft, m.keywords"
+        " FROM mail.mailbox_messages m JOIN mail.folders f USING (user_id, folder_id)"
+        " JOIN mail.users u USING (user_id) WHERE u.address = %s"
+        " ORDER BY f.guid, m.uid", user)
+    return folders, messages
+
+
+def populate(stack, user, pw):
+    msg = deliver(stack, user)
+    stack.wait_for_imap(user, pw, msg["Subject"])
+    m = stack.imap(user, pw)
+    try:
+        m.create(quoted("Kept"))
+        m.append(quoted("Kept"), "(\\Flagged $x)", None, raw_message("kept"))
+        m.append("Sent", "(\\Seen)", None, raw_message("sent"))
+        m.select("INBOX")
+        m.store("1", "+FLAGS", "(\\Seen)")
+    finally:
+        m.logout()
+    return wait_mirror(stack, user, pw)
+
+
+def test_resync_rebuilds_a_forgotten_mirror_exactly(stack, mailbox):
+    user, pw = mailbox
+    populate(stack, user, pw)
+    before = snapshot(stack, user)
+    assert len(before[1]) == 3
+    stack.sql("SELECT mail.mirror_forget(%s)", user, user="postgres")
+    r = doveadm(stack, "mailmeta", "resync", "-u", user)
+    assert r.returncode == 0, r.stderr
+    assert snapshot(stack, user) == before
+
+
+def spool_marks(stack, user):
+    name = urllib.parse.quote(user, safe="@._+-")
+    spool = stack.env["MIRROR_SPOOL_DIR"]
+    return [p for p in (os.path.join(spool, name),
+                        os.path.join(spool, ".claimed", name)) if os.path.exists(p)]
+
+
+def wait_no_marks(stack, user, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while spool_marks(stack, user):
+        assert time.monotonic() < deadline, f"{user} stays marked dirty"
+        time.sleep(0.1)
+
+
+def test_drift_behind_the_plugins_back_is_repaired(stack, mailbox):
+    """A change the mail plugin never saw (here: doveadm without it) leaves
+    no mark; the watcher's periodic check (30 s in the stack) finds the
+    folder's HIGHESTMODSEQ ahead of the mirror and syncs it."""
+    user, pw = mailbox
+    msg = deliver(stack, user)
+    stack.wait_for_imap(user, pw, msg["Subject"])
+    wait_mirror(stack, user, pw)
+    wait_no_marks(stack, user)
+    r = doveadm(stack, "flags", "add", "-u", user, "\\Flagged", "mailbox",
+                "INBOX", "all", plain=True, options=("-o", "mail_plugins=quota"))
+    assert r.returncode == 0, r.stderr
+    assert spool_marks(stack, user) == []
+    state = imap_state(stack, user, pw)
+    assert all("\\Flagged" in f for f, _ in state["INBOX"]["messages"].values())
+    wait_mirror(stack, user, pw, timeout=75)
+
+    # `sync -u` also finds and repairs it at once
+    r = doveadm(stack, "flags", "remove", "-u", user, "\\Flagged", "mailbox",
+                "INBOX", "all", plain=True, options=("-o", "mail_plugins=quota"))
+    assert r.returncode == 0, r.stderr
+    r = doveadm(stack, "mailmeta", "sync", "-u", user)
+    assert r.returncode == 0, r.stderr
+    assert mirror_state(stack, user) == imap_state(stack, user, pw)
+
+
+def pg_ctl(stack, *args):
+    bindir = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
+    subprocess.run(["runuser", "-u", "postgres", "--", f"{bindir}/pg_ctl",
+                    "-D", stack.env["PGDATA"], *args], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def wait_for_login(stack, user, pw, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            stack.imap(user, pw).logout()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_postgres_outage_blocks_nothing_and_loses_nothing(stack, mailbox):
+    user, pw = mailbox
+    msg = deliver(stack, user)
+    stack.wait_for_imap(user, pw, msg["Subject"])
+    wait_mirror(stack, user, pw)
+    m = stack.imap(user, pw)      # logged in while the passdb is up
+    pg_ctl(stack, "-m", "fast", "-w", "stop")
+    try:
+        started = time.monotonic()
+        m.select("INBOX")
+        assert m.store("1", "+FLAGS", "(\\Seen $during_outage)")[0] == "OK"
+        assert m.create(quoted("Outage"))[0] == "OK"
+        assert m.append(quoted("Outage"), None, None, raw_message("outage"))[0] == "OK"
+        assert m.copy("1", quoted("Outage"))[0] == "OK"
+        assert time.monotonic() - started < 5, "IMAP waited for PostgreSQL"
+        # the user stays marked (the syncer claims and puts the mark back)
+        deadline = time.monotonic() + 5
+        while not spool_marks(stack, user) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert spool_marks(stack, user)
+        time.sleep(2)             # a failed sync or two meanwhile
+    finally:
+        pg_ctl(stack, "-w", "-l", os.path.join(stack.env["STACK_DIR"], "log",
+                                               "postgresql.log"), "start")
+        # Postfix's pgsql clients mark the server dead for a minute; new
+        # smtpd processes start afresh.
+        subprocess.run(["postfix", "-c", stack.env["POSTFIX_CONFIG_DIR"], "reload"],
+                       check=True, stderr=subprocess.DEVNULL)
+    m.logout()
+    wait_for_login(stack, user, pw)
+    # the syncer backs off up to 30 s between attempts
+    state = wait_mirror(stack, user, pw, timeout=60)
+    assert len(state["Outage"]["messages"]) == 2
+    wait_no_marks(stack, user)
