@@ -2,7 +2,7 @@
 -- views, functions, ownership and comments, as the migrations define them.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(80);
+SELECT plan(82);
 
 SELECT has_schema('mail');
 SELECT schema_owner_is('mail', 'mailmeta_owner');
@@ -11,7 +11,11 @@ SELECT schema_owner_is('mail', 'mailmeta_owner');
 SELECT tables_are('mail',
     ARRAY['domains', 'users', 'aliases', 'alias_destinations', 'schema_migrations',
           'messages', 'message_recipients', 'user_messages', 'attachment_blobs',
-          'attachment_parts', 'thread_links']);
+          'attachment_parts', 'thread_links',
+          'folders', 'mailbox_messages', 'contacts', 'contact_messages',
+          'policy_settings', 'domain_limits', 'user_limits', 'domain_spam_thresholds',
+          'rate_limits', 'rate_limit_counters', 'rate_limit_exemptions',
+          'sender_suspensions', 'abuse_events', 'message_verdicts']);
 
 SELECT columns_are('mail', 'domains', ARRAY['domain_id', 'domain', 'created_at']);
 SELECT col_is_pk('mail', 'domains', 'domain_id', 'domains keyed by domain_id');
@@ -107,7 +111,10 @@ SELECT set_eq($$
      WHERE p.pronamespace = 'mail'::regnamespace AND NOT p.prosecdef $$,
     ARRAY['mail.clean_message_id(text)', 'mail.json_bigint(jsonb)',
           'mail.message_id_list(jsonb,integer)', 'mail.message_id_list_all(jsonb,integer)',
-          'mail.parse_timestamptz(text)', 'mail.parse_inet(text)'],
+          'mail.parse_timestamptz(text)', 'mail.parse_inet(text)',
+          'mail.contact_address_problem(text)', 'mail.json_integer(jsonb,bigint,bigint)',
+          'mail.is_uuid(text)', 'mail.is_sent_folder(text)', 'mail.header_recipients(jsonb)',
+          'mail.mirror_batch_rows(jsonb)', 'mail.encode_cursor(timestamp with time zone,bigint)'],
     'the SECURITY INVOKER helpers are exactly the inlined internal ones');
 SELECT is_empty($$
     SELECT p.oid::regprocedure::text FROM pg_proc p
@@ -145,11 +152,14 @@ SELECT has_role('mailmeta_admin');
 SELECT has_role('mailmeta_postfix');
 SELECT has_role('mailmeta_dovecot');
 SELECT has_role('mailmeta_milter');
+SELECT has_role('mailmeta_mirror');
+SELECT has_role('mailmeta_reader');
 SELECT is((SELECT rolcanlogin FROM pg_roles WHERE rolname = 'mailmeta_owner'), false,
           'mailmeta_owner cannot log in');
 SELECT is((SELECT count(*)::int FROM pg_roles
-            WHERE rolname IN ('mailmeta_admin', 'mailmeta_postfix', 'mailmeta_dovecot', 'mailmeta_milter')
-              AND rolcanlogin), 4, 'the component roles can log in');
+            WHERE rolname IN ('mailmeta_admin', 'mailmeta_postfix', 'mailmeta_dovecot', 'mailmeta_milter',
+                              'mailmeta_mirror', 'mailmeta_reader')
+              AND rolcanlogin), 6, 'the component roles can log in');
 SELECT is_empty($$
     SELECT rolname::text FROM pg_roles
      WHERE rolname LIKE 'mailmeta\_%' AND (rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls) $$,

@@ -60,7 +60,7 @@ SELECT has_view('mail', 'message_attachments', 'has view mail.message_attachment
 SELECT columns_are('mail', 'message_log', ARRAY['mailmeta_id', 'queue_id', 'received_at', 'direction',
     'client_ip', 'client_name', 'helo', 'tls_version', 'tls_cipher', 'sasl_user', 'env_from', 'rcpt',
     'header_from', 'subject', 'message_id', 'sent_at', 'size_bytes', 'thread_id', 'attachment_count',
-    'malformed', 'action', 'reason']);
+    'malformed', 'action', 'reason', 'policy_stage', 'policy_rule', 'spam_score', 'spam_rules', 'virus']);
 SELECT columns_are('mail', 'message_attachments', ARRAY['mailmeta_id', 'part', 'filename', 'content_type',
     'disposition', 'size_bytes', 'sha256']);
 SELECT function_returns('mail', 'record_message', ARRAY['jsonb'], 'uuid');
@@ -398,7 +398,7 @@ SELECT * FROM pg_temp.refuses_doc($$SELECT mail.record_message(pg_temp.doc(20, '
     '22023', 'invalid metadata document 0193f7a2-0000-7000-8000-000000000020: received_at ''yesterday'' is not an RFC 3339 date-time with offset',
     'refuses an unreadable received_at');
 SELECT * FROM pg_temp.refuses_doc($$SELECT mail.record_message(pg_temp.doc(20, '{"direction": "sideways"}'))$$,
-    '22023', 'invalid metadata document 0193f7a2-0000-7000-8000-000000000020: direction ''sideways'' is not one of inbound, outbound, local',
+    '22023', 'invalid metadata document 0193f7a2-0000-7000-8000-000000000020: direction ''sideways'' is not one of inbound, outbound, local, mailbox',
     'refuses an unknown direction');
 SELECT * FROM pg_temp.refuses_doc($$SELECT mail.record_message(pg_temp.doc(20, '{"action": "bounce"}'))$$,
     '22023', 'invalid metadata document 0193f7a2-0000-7000-8000-000000000020: action ''bounce'' is not one of accept, tempfail, reject, discard, hold',

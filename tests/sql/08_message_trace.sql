@@ -113,8 +113,9 @@ SELECT is_empty($$
     SELECT p.oid::regprocedure::text FROM pg_proc p
      WHERE p.pronamespace = 'mail'::regnamespace
        AND has_function_privilege('mailmeta_milter', p.oid, 'EXECUTE')
-       AND p.proname NOT IN ('record_message', 'record_messages') $$,
-    'the milter may execute record_message(s) and no other function');
+       AND p.proname NOT IN ('record_message', 'record_messages', 'record_verdicts',
+                             'policy_snapshot', 'policy_check', 'expire_rate_counters') $$,
+    'the milter may execute record_message(s), record_verdicts and the policy functions, and no other function');
 
 SELECT * FROM finish();
 ROLLBACK;
