@@ -1,0 +1,494 @@
+#!/usr/bin/env bash
+# mirror-bench.sh - A/B cost of the mailbox mirror (doc/mailbox-mirror.md)
+# in one run on the running stack: Dovecot without the mail plugin
+# `mailmeta` (and `notify`) against Dovecot as the stack has it, with
+# `doveadm mailmeta watch` syncing into PostgreSQL — the sync is part of
+# the measured work: a "with" run stops its clock only when the watcher has
+# drained the user's marks and the mirror holds what the mailboxes hold.
+#
+#  (a) LMTP delivery: MESSAGES copies of a realistic message (the corpus
+#      message bench-lib.sh picks, without its Message-ID) delivered by
+#      smtp-source -L straight into Dovecot's LMTP socket, LMTP_SESSIONS
+#      sessions, to a fresh user per run: messages/s.  These messages never
+#      passed the milter, so the watcher builds a metadata record for every
+#      one (record_mailbox_message): the dearest case for the mirror; mail
+#      that came through the milter only gets its mirror rows.
+#  (b) IMAP: IMAP_SESSIONS clients in parallel (processes, one fresh user
+#      each), IMAP_OPS operations each, a mix of APPEND (35 %, new messages
+#      of 2-6 KB), FETCH (30 %, BODY.PEEK[] and FLAGS), STORE (25 %) and
+#      EXPUNGE (10 %, STORE \Deleted + UID EXPUNGE): operations/s.
+#
+# "Without" renders the stack's dovecot.conf with mail_plugins lacking
+# notify and mailmeta (one line after the !include of mailmeta-mirror.conf)
+# and `doveadm reload`s; the watcher keeps running (it has nothing to do
+# then, but for its periodic drift check, which a run detects and repeats
+# if it ran into it).  "With" is the stack's dovecot.conf as it is.  Both
+# add an LMTP listener of their own (see below).  Every switch is verified
+# on the LMTP process that takes a probe delivery (the plugin mapped or
+# not).  The stack's configuration is restored at exit.  A reload ends
+# some IMAP/POP3 sessions of other clients of the stack ("Server shutting
+# down"), and `scripts/stack up` (or scripts/test) re-rendering Dovecot's
+# configuration meanwhile spoils a run (the bench then stops): do not run
+# it beside the integration tests.
+#
+# Without and with alternate ROUNDS times (noise on a shared machine is
+# large); both means, every run's figure and the ratio with/without are
+# printed, for "with" also the rate of the clients alone (clock stopped
+# when the last client finished), how long the mirror took to catch up
+# after that, and the CPU time the watcher and its PostgreSQL backend spent
+# per message / operation (less noisy than rates on a shared machine).
+# Not a test: nothing passes or fails on a number.
+#
+# usage: tests/bench/mirror-bench.sh [MESSAGES [ROUNDS [IMAP_SESSIONS [IMAP_OPS]]]]
+#        (defaults 2000, 3, 8, 750; in the environment LMTP_SESSIONS=10, and
+#        LMTP_STAMPED=1 to deliver messages stamped with the X-Mailmeta-ID of
+#        a recorded message, as mail from the milter is: then the watcher
+#        mirrors them without building records)
+set -euo pipefail
+shopt -s inherit_errexit	# the runs are called in $(...)
+
+SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+STACK_DIR=${MAILMETA_STACK_DIR:-$SRC_DIR/.stack}
+MESSAGES=${1:-2000}
+ROUNDS=${2:-3}
+IMAP_SESSIONS=${3:-8}
+IMAP_OPS=${4:-750}
+LMTP_SESSIONS=${LMTP_SESSIONS:-10}
+PYTHON=${PYTHON:-/usr/bin/python3}
+CORPORA=${MAILMETA_CORPORA:-$SRC_DIR/../shared/corpora}
+DOMAIN=mirrorbench.test
+PASSWORD=bench-password
+# shellcheck disable=SC1091
+. "$STACK_DIR/env"
+# shellcheck source=tests/bench/bench-lib.sh
+. "$SRC_DIR/tests/bench/bench-lib.sh"
+
+command -v bc >/dev/null || { echo "bench needs bc (apt-get install bc)" >&2; exit 1; }
+command -v smtp-source >/dev/null || { echo "bench needs smtp-source (postfix)" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "run as root (doveadm reload, /proc/PID/maps)" >&2; exit 1; }
+
+CONF=$DOVECOT_CONFIG
+LMTP_SOCKET=	# the current variant's listener (use_config)
+WORK=$(mktemp -d /tmp/mirror-bench.XXXXXX)
+RUN_ID=$$
+
+now() { date +%s.%N; }
+# a number for a run's user names, unique within this bench (the runs are
+# called in subshells: a shell variable would not count)
+next_seq() {
+	local n
+	n=$(( $(cat "$WORK/seq" 2>/dev/null || echo 0) + 1 ))
+	echo "$n" > "$WORK/seq"
+	echo "$n"
+}
+log() { printf '%s\n' "$*" >&2; }
+
+# ------------------------------------------------------------ configuration
+cp -p "$CONF" "$WORK/dovecot.conf.with"
+grep -q '^!include .*mailmeta-mirror\.conf' "$WORK/dovecot.conf.with" ||
+	{ echo "$CONF does not include mailmeta-mirror.conf" >&2; exit 1; }
+PLUGINS=$(doveconf -c "$WORK/dovecot.conf.with" -h mail_plugins)
+case " $PLUGINS " in
+*" mailmeta "*) ;;
+*) echo "the stack's Dovecot has no mailmeta plugin (mail_plugins =$PLUGINS)" >&2; exit 1 ;;
+esac
+BASE_PLUGINS=$(printf '%s\n' "$PLUGINS" | tr ' ' '\n' | grep -vx -e notify -e mailmeta -e '' |
+	paste -sd' ' || true)
+awk -v p="$BASE_PLUGINS" '{ print }
+	/^!include .*mailmeta-mirror\.conf/ {
+		print "# mirror-bench.sh: the mailbox mirror'"'"'s mail plugins off"
+		print "mail_plugins = " p }' "$WORK/dovecot.conf.with" > "$WORK/dovecot.conf.without"
+[ "$(doveconf -c "$WORK/dovecot.conf.without" -h mail_plugins | xargs)" = "$BASE_PLUGINS" ] ||
+	{ echo "could not render a configuration without the plugin" >&2; exit 1; }
+# Dovecot keeps a listening socket across a reload, and LMTP processes of
+# the old configuration (process reuse: service_count 0) go on accepting
+# connections on it for a while — some delivering with the old plugins,
+# some answering "421 Shutting down".  So each variant gets an LMTP
+# listener of its own, which only processes of that configuration accept.
+for arm in with without; do
+	printf '\n# mirror-bench.sh: a listener only this configuration'"'"'s processes accept\n' >> "$WORK/dovecot.conf.$arm"
+	printf 'service lmtp {\n  unix_listener lmtp-mirror-bench-%s {\n    mode = 0666\n  }\n}\n' "$arm" >> "$WORK/dovecot.conf.$arm"
+done
+cp -p "$CONF" "$WORK/dovecot.conf.stack"
+
+CURRENT=stack
+restore() {
+	if ! cmp -s "$WORK/dovecot.conf.stack" "$CONF"; then
+		cat "$WORK/dovecot.conf.stack" > "$CONF"
+		doveadm -c "$CONF" reload 2>/dev/null || true
+		log "restored $CONF (mail_plugins =$(doveconf -c "$CONF" -h mail_plugins))"
+	fi
+	rm -f "$STACK_DIR"/run/dovecot/lmtp-mirror-bench-*
+	cleanup_users || true
+	rm -rf "$WORK"
+}
+trap restore EXIT
+trap 'exit 130' INT TERM
+set -E
+trap 'log "mirror-bench.sh: line $LINENO failed: $BASH_COMMAND"' ERR
+
+# Whether the LMTP process that takes a probe delivery on the current
+# listener has the plugin mapped: "yes" or "no" (it logs the delivery with
+# its pid; a process loads mail plugins with its first delivery).
+probe_plugin() {
+	local msgid offset pid _i
+	msgid="probe-$RUN_ID-$(date +%s%N)@$DOMAIN"
+	printf 'From: probe@outside.example\nSubject: probe\nMessage-ID: <%s>\n\nprobe\n' "$msgid" \
+		> "$WORK/probe.eml"
+	offset=$(stat -c %s "$STACK_DIR/log/dovecot.log")
+	smtp-source -L -m 1 -f probe@outside.example -t "probe@$DOMAIN" -F "$WORK/probe.eml" \
+		"unix:$LMTP_SOCKET" >/dev/null
+	for _i in $(seq 1 50); do
+		pid=$(tail -c +"$((offset + 1))" "$STACK_DIR/log/dovecot.log" | grep -F "$msgid" |
+			sed -n 's/^.* lmtp([^)]*)<\([0-9]*\)>.*/\1/p' | head -1 || true)
+		[ -n "$pid" ] && break
+		sleep 0.1
+	done
+	[ -n "$pid" ] || { echo "the probe delivery is not in dovecot.log" >&2; return 1; }
+	if grep -q lib20_mailmeta_plugin "/proc/$pid/maps" 2>/dev/null; then echo yes; else echo no; fi
+}
+
+use_config() {	# with | without
+	local want=$1 got expected
+	[ "$CURRENT" = "$want" ] && return 0
+	cat "$WORK/dovecot.conf.$want" > "$CONF"
+	doveadm -c "$CONF" reload
+	CURRENT=$want
+	LMTP_SOCKET=$STACK_DIR/run/dovecot/lmtp-mirror-bench-$want
+	for _ in $(seq 1 50); do [ -S "$LMTP_SOCKET" ] && break; sleep 0.1; done
+	sleep 0.5
+	got=$(probe_plugin)
+	expected=no
+	[ "$want" = with ] && expected=yes
+	if [ "$got" != "$expected" ]; then
+		echo "after switching to '$want' a new LMTP process has the plugin: $got" \
+		     "(someone re-rendered the stack's configuration?)" >&2
+		exit 1
+	fi
+}
+
+# ------------------------------------------------------------------ users
+sql() { psql -XqAt -v ON_ERROR_STOP=1 "$@"; }
+
+setup_domain() {
+	sql >/dev/null 2>&1 <<-EOF || true
+	SELECT mail.add_domain('$DOMAIN');
+	EOF
+	sql >/dev/null 2>&1 <<-EOF || true
+	SELECT mail.add_user('probe@$DOMAIN', '$PASSWORD');
+	EOF
+}
+
+add_users() {	# prefix count -> user names, one a line
+	local prefix=$1 count=$2 i
+	for i in $(seq 1 "$count"); do echo "$prefix$i@$DOMAIN"; done > "$WORK/users"
+	sql -c "SELECT mail.add_user(u, '$PASSWORD') FROM unnest(string_to_array('$(paste -sd, "$WORK/users")', ',')) u" >/dev/null
+	cat "$WORK/users"
+}
+
+cleanup_users() {	# every user of this run (and the probe's mail)
+	sql >/dev/null 2>&1 <<-EOF || true
+	SELECT mail.delete_user(u.address) FROM mail.users u JOIN mail.domains d USING (domain_id)
+	 WHERE d.domain = '$DOMAIN' AND u.address LIKE 'r$RUN_ID-%';
+	EOF
+	find "$STACK_DIR/mail/$DOMAIN" -mindepth 1 -maxdepth 1 -name "r$RUN_ID-*" -exec rm -rf {} + 2>/dev/null || true
+	rm -rf "$STACK_DIR/mail/$DOMAIN/probe"
+}
+
+spool_name() { "$PYTHON" -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe="@._+-"))' "$1"; }
+
+# true when none of the users has a mark (waiting or claimed)
+drained() {
+	local u n
+	for u in "$@"; do
+		n=$(spool_name "$u")
+		[ -e "$MIRROR_SPOOL_DIR/$n" ] || [ -e "$MIRROR_SPOOL_DIR/.claimed/$n" ] && return 1
+	done
+	return 0
+}
+
+# true when every "user count" line of FILE matches the user's mirror
+mirror_matches() {
+	local want got
+	want=$(sort "$1")
+	got=$(sql -F ' ' -c "SELECT u.address, count(m.uid) FROM mail.users u
+	        LEFT JOIN mail.mailbox_messages m USING (user_id)
+	        WHERE u.address = ANY (string_to_array('$(cut -d' ' -f1 "$1" | paste -sd,)', ','))
+	        GROUP BY u.address" | sort)
+	[ "$want" = "$got" ]
+}
+
+mirror_count() {	# user -> messages in the user's mirror
+	sql -c "SELECT count(*) FROM mail.mailbox_messages m JOIN mail.users u USING (user_id)
+	         WHERE u.address = '$1'"
+}
+
+# lines the watcher logged about USERS since byte OFFSET of mirror.log
+synced_lines() {
+	local offset=$1; shift
+	tail -c +"$((offset + 1))" "$STACK_DIR/log/mirror.log" 2>/dev/null |
+		grep -F -f <(printf 'mailmeta: %s:\n' "$@") | grep -c synced || true
+}
+
+# CPU seconds used so far by the watcher and by the PostgreSQL backends of
+# its role (mailmeta_mirror): "pid:seconds ..." (compared by sync_cpu)
+cpu_snapshot() {
+	local pid pids
+	pids="$(cat "$STACK_DIR/run/mirror/watch.pid" 2>/dev/null || true) $( (sql -c \
+		"SELECT pid FROM pg_stat_activity WHERE usename = 'mailmeta_mirror'" 2>/dev/null || true) | xargs)"
+	for pid in $pids; do
+		awk -v pid="$pid" -v hz="$(getconf CLK_TCK)" \
+			'{ sub(/^.*\) /, ""); printf "%s:%.2f ", pid, ($12 + $13) / hz }' \
+			"/proc/$pid/stat" 2>/dev/null || true
+	done
+	echo
+}
+
+# sync_cpu BEFORE AFTER -> "watcher+postgres seconds" used in between
+sync_cpu() {
+	local watcher
+	watcher=$(cat "$STACK_DIR/run/mirror/watch.pid" 2>/dev/null || echo none)
+	awk -v before="$1" -v after="$2" -v watcher="$watcher" 'BEGIN {
+		n = split(before, b, " "); for (i = 1; i <= n; i++) { split(b[i], kv, ":"); was[kv[1]] = kv[2] }
+		n = split(after, a, " ")
+		for (i = 1; i <= n; i++) {
+			split(a[i], kv, ":")
+			d = kv[2] - ((kv[1] in was) ? was[kv[1]] : 0)
+			if (kv[1] == watcher) w += d; else p += d
+		}
+		printf "%.2f %.2f\n", w, p }'
+}
+
+# ------------------------------------------------------------ (a) LMTP
+# lmtp_run with|without -> "msg/s [catch-up s]" ; repeats a "without" run
+# the watcher's drift check ran into
+lmtp_run() {
+	local arm=$1 user start delivered end count offset lines cpu0 SEQ
+	for _ in 1 2 3; do
+		SEQ=$(next_seq)
+		user=$(add_users "r$RUN_ID-l$SEQ-$arm-" 1)
+		offset=$(stat -c %s "$STACK_DIR/log/mirror.log" 2>/dev/null || echo 0)
+		cpu0=$(cpu_snapshot)
+		start=$(now)
+		smtp-source -L -s "$LMTP_SESSIONS" -m "$MESSAGES" -f bench@outside.example \
+			-t "$user" -F "$MESSAGE" "unix:$LMTP_SOCKET" 2>"$WORK/smtp-source.err" || true
+		delivered=$(now)
+		count=$( (find "$STACK_DIR/mail/$DOMAIN/${user%@*}/Maildir/new" \
+			"$STACK_DIR/mail/$DOMAIN/${user%@*}/Maildir/cur" -type f 2>/dev/null || true) | wc -l)
+		if [ "$count" -ne "$MESSAGES" ]; then
+			# on this shared stack others restart PostgreSQL (LMTP's
+			# userdb lookups fail meanwhile): run it again
+			log "  (LMTP run stored $count of $MESSAGES messages: $(head -c 200 "$WORK/smtp-source.err"); repeated)"
+			cleanup_one "$user"
+			continue
+		fi
+		if [ "$arm" = with ]; then
+			until drained "$user" && [ "$(mirror_count "$user")" -eq "$MESSAGES" ]; do
+				sleep 0.05
+				if [ "$(echo "$(now) - $delivered > 600" | bc)" = 1 ]; then
+					echo "the mirror did not catch up in 600 s" >&2; exit 1
+				fi
+			done
+			end=$(now)
+			echo "$(echo "scale=1; $MESSAGES / ($end - $start)" | bc)" \
+			     "$(echo "scale=1; $MESSAGES / ($delivered - $start)" | bc)" \
+			     "$(echo "scale=2; ($end - $delivered) / 1" | bc)" \
+			     "$(sync_cpu "$cpu0" "$(cpu_snapshot)")"
+			cleanup_one "$user"
+			return
+		fi
+		lines=$(synced_lines "$offset" "$user")
+		cleanup_one "$user"
+		if [ "$lines" -eq 0 ]; then
+			echo "scale=1; $MESSAGES / ($delivered - $start)" | bc
+			return
+		fi
+		log "  (the watcher's drift check synced the baseline user during the run: repeated)"
+	done
+	echo "three LMTP runs in a row were disturbed" >&2; exit 1
+}
+
+cleanup_one() {
+	sql -c "SELECT mail.delete_user('$1')" >/dev/null
+	rm -rf "${STACK_DIR:?}/mail/$DOMAIN/${1%@*}"
+}
+
+# ------------------------------------------------------------ (b) IMAP
+cat > "$WORK/imap-load.py" <<'PY'
+"""IMAP load: one process per user, all started together; prints
+"ops seconds_of_the_slowest_session end_time" then one "user count" line
+per user (its final message count)."""
+import imaplib, multiprocessing as mp, os, random, re, sys, time
+
+host, port, password, ops = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+spool, users = sys.argv[5], sys.argv[6:]
+BODY = "\r\n".join("Line %d of a benchmark message, some ordinary text to make it real." % i
+                   for i in range(80))
+
+
+def message(rng, user, n):
+    size = rng.randrange(2000, 6000)
+    return (f"From: Bench <bench@outside.example>\r\nTo: {user}\r\n"
+            f"Subject: bench {os.getpid()} {n} {rng.random()}\r\n"
+            f"Message-ID: <{os.getpid()}.{n}.{time.time()}@bench.test>\r\n"
+            f"Date: Sun, 22 Nov 2026 10:00:00 +0000\r\n\r\n" + BODY[:size] + "\r\n").encode()
+
+
+def session(user, ready, start, results):
+    rng = random.Random(user)
+    m = imaplib.IMAP4(host, port)
+    m.login(user, password)
+    m.select("INBOX")
+    uids = []
+    for n in range(10):             # something to FETCH, STORE and EXPUNGE at once
+        typ, data = m.append("INBOX", None, None, message(rng, user, n))
+        uids.append(int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1)))
+    ready.wait()
+    start.wait()
+    began = time.monotonic()
+    for n in range(ops):
+        r = rng.random()
+        if r < 0.35 or not uids:
+            typ, data = m.append("INBOX", rng.choice([None, "(\\Seen)"]), None,
+                                 message(rng, user, n + 10))
+            uids.append(int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1)))
+        elif r < 0.65:
+            typ, data = m.uid("FETCH", str(rng.choice(uids)), "(FLAGS BODY.PEEK[])")
+        elif r < 0.90:
+            typ, data = m.uid("STORE", str(rng.choice(uids)), rng.choice(["+FLAGS", "-FLAGS"]),
+                              rng.choice(["(\\Seen)", "(\\Flagged)", "($label1)"]))
+        else:
+            uid = uids.pop(rng.randrange(len(uids)))
+            typ, data = m.uid("STORE", str(uid), "+FLAGS.SILENT", "(\\Deleted)")
+            typ, data = m.uid("EXPUNGE", str(uid))
+        if typ != "OK":
+            raise SystemExit(f"{user}: {typ} {data}")
+    elapsed = time.monotonic() - began
+    typ, data = m.select("INBOX")
+    m.logout()
+    results.put((user, elapsed, int(data[0]), time.time()))
+
+
+if __name__ == "__main__":
+    ready, start = mp.Barrier(len(users) + 1), mp.Event()
+    results = mp.Queue()
+    procs = [mp.Process(target=session, args=(u, ready, start, results)) for u in users]
+    for p in procs:
+        p.start()
+    ready.wait(timeout=120)         # every session logged in and seeded
+    # the seeding's marks synced (when the plugin is on) before the clock
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(
+            os.path.exists(os.path.join(d, u)) for u in users
+            for d in (spool, os.path.join(spool, ".claimed"))):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    start.set()
+    got = [results.get(timeout=900) for _ in users]
+    for p in procs:
+        p.join()
+    if any(p.exitcode for p in procs):
+        raise SystemExit("an IMAP session failed")
+    print(ops * len(users), max(g[1] for g in got), max(g[3] for g in got))
+    for user, _, count, _ in got:
+        print(user, count)
+PY
+
+# imap_run with|without -> "ops/s [ops/s-without-catch-up catch-up-s]"
+imap_run() {
+	local arm=$1 users out ops secs ended u end offset lines cpu0 SEQ
+	for _ in 1 2 3; do
+		SEQ=$(next_seq)
+		mapfile -t users < <(add_users "r$RUN_ID-i$SEQ-$arm-" "$IMAP_SESSIONS")
+		offset=$(stat -c %s "$STACK_DIR/log/mirror.log" 2>/dev/null || echo 0)
+		cpu0=$(cpu_snapshot)
+		if ! out=$("$PYTHON" "$WORK/imap-load.py" 127.0.0.1 "$IMAP_PORT" "$PASSWORD" "$IMAP_OPS" \
+			"$MIRROR_SPOOL_DIR" "${users[@]}" 2>"$WORK/imap-load.err"); then
+			log "  (IMAP run failed: $(tail -c 300 "$WORK/imap-load.err"); repeated)"
+			for u in "${users[@]}"; do cleanup_one "$u"; done
+			continue
+		fi
+		read -r ops secs ended <<<"$(head -1 <<<"$out")"
+		if [ "$arm" = with ]; then
+			tail -n +2 <<<"$out" > "$WORK/counts"
+			until drained "${users[@]}" && mirror_matches "$WORK/counts"; do
+				sleep 0.05
+			done
+			end=$(now)
+			echo "$(echo "scale=1; $ops / ($secs + $end - $ended)" | bc)" \
+			     "$(echo "scale=1; $ops / $secs" | bc)" \
+			     "$(echo "scale=2; ($end - $ended) / 1" | bc)" \
+			     "$(sync_cpu "$cpu0" "$(cpu_snapshot)")"
+			for u in "${users[@]}"; do cleanup_one "$u"; done
+			return
+		fi
+		lines=$(synced_lines "$offset" "${users[@]}")
+		for u in "${users[@]}"; do cleanup_one "$u"; done
+		if [ "$lines" -eq 0 ]; then
+			echo "scale=1; $ops / $secs" | bc
+			return
+		fi
+		log "  (the watcher's drift check synced baseline users during the run: repeated)"
+	done
+	echo "three IMAP runs in a row were disturbed" >&2; exit 1
+}
+
+# ------------------------------------------------------------------ main
+MESSAGE=$(STACK_DIR=$WORK; without_message_id "$(pick_message)")
+setup_domain
+stamp=
+if [ -n "${LMTP_STAMPED:-}" ]; then
+	# as mail that came through the milter: stamped with the id of a
+	# recorded message, so the watcher only mirrors, builds no record
+	stamp=$(sql -c "SELECT mailmeta_id FROM mail.messages ORDER BY received_at DESC LIMIT 1")
+	{ printf 'X-Mailmeta-ID: %s\n' "$stamp"; cat "$MESSAGE"; } > "$WORK/stamped.eml"
+	MESSAGE=$WORK/stamped.eml
+	stamp=", stamped X-Mailmeta-ID: $stamp (recorded: no record built)"
+fi
+echo "message: $(pick_message | sed "s|^$CORPORA/||") without Message-ID ($(wc -c < "$MESSAGE") bytes)$stamp"
+echo "mail_plugins with: $PLUGINS; without: $BASE_PLUGINS; $ROUNDS rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+
+lmtp_base=() lmtp_with=() lmtp_deliv=() lmtp_catch=() lmtp_cpu=()
+imap_base=() imap_with=() imap_raw=() imap_catch=() imap_cpu=()
+for round in $(seq 1 "$ROUNDS"); do
+	use_config without
+	out=$(lmtp_run without)
+	lmtp_base+=("$out")
+	use_config with
+	out=$(lmtp_run with)
+	read -r w d c cw cp <<<"$out"
+	lmtp_with+=("$w") lmtp_deliv+=("$d") lmtp_catch+=("$c")
+	lmtp_cpu+=("$(echo "scale=3; 1000 * ($cw + $cp) / $MESSAGES" | bc)")
+	log "round $round LMTP: without ${lmtp_base[-1]} msg/s, with $w msg/s (deliveries alone $d msg/s, mirror caught up $c s later; sync CPU: watcher $cw s, PostgreSQL $cp s)"
+
+	use_config without
+	out=$(imap_run without)
+	imap_base+=("$out")
+	use_config with
+	out=$(imap_run with)
+	read -r w d c cw cp <<<"$out"
+	imap_with+=("$w") imap_raw+=("$d") imap_catch+=("$c")
+	imap_cpu+=("$(echo "scale=3; 1000 * ($cw + $cp) / ($IMAP_SESSIONS * $IMAP_OPS)" | bc)")
+	log "round $round IMAP: without ${imap_base[-1]} ops/s, with $w ops/s (clients alone $d ops/s, mirror caught up $c s later; sync CPU: watcher $cw s, PostgreSQL $cp s)"
+done
+
+report() {	# name unit bases withs raws catches cpus per
+	local name=$1 unit=$2 base with raw catch cpu
+	base=$(tr ' ' '\n' <<<"$3" | mean)
+	with=$(tr ' ' '\n' <<<"$4" | mean)
+	raw=$(tr ' ' '\n' <<<"$5" | mean)
+	catch=$(tr ' ' '\n' <<<"$6" | awk '{ s += $1 } END { printf "%.2f\n", s / NR }')
+	cpu=$(tr ' ' '\n' <<<"$7" | awk '{ s += $1 } END { printf "%.2f\n", s / NR }')
+	printf '%s: without plugin %s %s (%s), with plugin + mirror %s %s (%s), ratio %s\n' \
+		"$name" "$base" "$unit" "$3" "$with" "$unit" "$4" "$(echo "scale=3; $with / $base" | bc)"
+	printf '  with plugin, clients alone %s %s (ratio %s); mirror caught up %s s after the last client (%s)\n' \
+		"$raw" "$unit" "$(echo "scale=3; $raw / $base" | bc)" "$catch" "$6"
+	printf '  sync CPU (watcher + its PostgreSQL backend) %s ms per %s (%s)\n' "$cpu" "$8" "$7"
+}
+echo "(a) LMTP delivery, $MESSAGES messages, $LMTP_SESSIONS sessions, a fresh user per run:"
+report "  LMTP" msg/s "${lmtp_base[*]}" "${lmtp_with[*]}" "${lmtp_deliv[*]}" "${lmtp_catch[*]}" \
+	"${lmtp_cpu[*]}" message
+echo "(b) IMAP, $IMAP_SESSIONS sessions x $IMAP_OPS operations (APPEND 35 %, FETCH 30 %, STORE 25 %, EXPUNGE 10 %):"
+report "  IMAP" ops/s "${imap_base[*]}" "${imap_with[*]}" "${imap_raw[*]}" "${imap_catch[*]}" \
+	"${imap_cpu[*]}" operation
+echo "load average at the end $(cut -d' ' -f1-3 /proc/loadavg) (a shared machine: figures are noisy)"
