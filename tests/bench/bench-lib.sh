@@ -76,3 +76,31 @@ without_message_id() {
 	     { skip = 0; print }' "$1" > "$out"
 	echo "$out"
 }
+
+# The running milter's configuration, changed for a run and put back.
+MILTER_CONF=$STACK_DIR/etc/mailmeta/mailmeta-milter.conf
+MILTER_PIDFILE=$STACK_DIR/run/milter/mailmeta-milter.pid
+
+save_milter_config() { cp -p "$MILTER_CONF" "$MILTER_CONF.orig"; }
+
+restore_milter_config() {
+	[ -f "$MILTER_CONF.orig" ] || return 0
+	cat "$MILTER_CONF.orig" > "$MILTER_CONF" && rm -f "$MILTER_CONF.orig"
+	kill -HUP "$(cat "$MILTER_PIDFILE")"
+}
+
+# milter_config yes|no: the saved configuration with [policy] enabled or
+# not and the virus and spam engines off (an empty clamd socket and spamd
+# address), and the milter reloaded.
+milter_config() {
+	awk -v v="$1" '
+		/^\[/ { in_policy = ($0 == "[policy]") }
+		in_policy && /^enabled *=/ { next }
+		/^(socket|address) *= *(unix|inet):/ && engine { print $1 " ="; next }
+		/^\[/ { engine = ($0 == "[clamd]" || $0 == "[spamd]") }
+		{ print }
+		$0 == "[policy]" { print "enabled = " v }' "$MILTER_CONF.orig" > "$MILTER_CONF.new"
+	cat "$MILTER_CONF.new" > "$MILTER_CONF" && rm -f "$MILTER_CONF.new"
+	kill -HUP "$(cat "$MILTER_PIDFILE")"
+	sleep 2
+}

@@ -49,7 +49,10 @@ command -v bc >/dev/null || { echo "bench needs bc (apt-get install bc)" >&2; ex
 MESSAGE=$(without_message_id "$(pick_message)")
 MILTERS=$(postconf -c "$POSTFIX_CONFIG_DIR" -h smtpd_milters)
 [ -n "$MILTERS" ] || { echo "the stack's Postfix has no milter configured" >&2; exit 1; }
-trap 'set_milter "$MILTERS"' EXIT
+# metadata only: the milter's policy and engines are measured by policy-bench.sh
+save_milter_config
+milter_config no
+trap 'set_milter "$MILTERS"; restore_milter_config' EXIT
 setup_users
 echo "message: $(pick_message | sed "s|^$CORPORA/||") without Message-ID ($(wc -c < "$MESSAGE") bytes), $MESSAGES messages, $SESSIONS sessions"
 

@@ -29,20 +29,7 @@ DOMAIN=bench.test
 # shellcheck source=tests/bench/bench-lib.sh
 . "$SRC_DIR/tests/bench/bench-lib.sh"
 
-CONF=$STACK_DIR/etc/mailmeta/mailmeta-milter.conf
-PIDFILE=$STACK_DIR/run/milter/mailmeta-milter.pid
 TAG=policy-bench
-
-set_policy() {	# yes|no: edits the [policy] section and reloads the milter
-	awk -v v="$1" '
-		/^\[/ { in_policy = ($0 == "[policy]") }
-		in_policy && /^enabled *=/ { next }
-		{ print }
-		$0 == "[policy]" { print "enabled = " v }' "$CONF" > "$CONF.new"
-	mv "$CONF.new" "$CONF"
-	kill -HUP "$(cat "$PIDFILE")"
-	sleep 2
-}
 
 add_rules() {
 	psql -XqAt -v ON_ERROR_STOP=1 >/dev/null <<-EOF
@@ -94,7 +81,8 @@ remove_rules() {
 
 command -v bc >/dev/null || { echo "bench needs bc (apt-get install bc)" >&2; exit 1; }
 MESSAGE=$(without_message_id "$(pick_message)")
-trap 'remove_rules; set_policy yes' EXIT
+save_milter_config
+trap 'remove_rules; restore_milter_config' EXIT
 remove_rules
 add_rules
 echo "message: $(pick_message | sed "s|^$CORPORA/||") without Message-ID ($(wc -c < "$MESSAGE") bytes), $MESSAGES messages, $SESSIONS sessions"
@@ -102,9 +90,9 @@ echo "rules: $(psql -XqAt -c 'SELECT count(*) FROM mail.list_rate_limits()'), li
 
 offs=() ons=() checks=
 for _ in $(seq 1 "$ROUNDS"); do
-	set_policy no
+	milter_config no
 	offs+=("$(run 1)")
-	set_policy yes
+	milter_config yes
 	log_start=$(wc -l < "$STACK_DIR/log/milter.log")
 	ons+=("$(run 1)")
 	checks+=$(tail -n +"$((log_start + 1))" "$STACK_DIR/log/milter.log" |
