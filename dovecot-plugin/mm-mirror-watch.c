@@ -248,7 +248,10 @@ watch_wait(struct mm_watch *w)
 
 	deadline = w->set->check_interval_secs == 0 ? now + 3600 :
 		w->next_check;
-	if (w->backoff_secs > 0 && now + (time_t)w->backoff_secs < deadline)
+	/* after a failed sync, wait the back-off out even when the drift
+	   check is overdue (it is skipped while syncs fail): else a sync that
+	   keeps failing would be retried in a busy loop */
+	if (w->backoff_secs > 0)
 		deadline = now + w->backoff_secs;
 	while (!watch_stopping(w) && (now = monotonic_secs()) < deadline) {
 		int timeout = (int)(deadline - now) * 1000;
