@@ -1402,11 +1402,7 @@ BEGIN
         RAISE EXCEPTION 'a reason is needed to suspend %', quote_literal(v_address)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT u.user_id INTO v_user_id FROM mail.users u WHERE u.address = v_address;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'user % does not exist', quote_literal(v_address)
-            USING ERRCODE = 'no_data_found';
-    END IF;
+    v_user_id := mail.user_id_of(v_address);
     INSERT INTO mail.sender_suspensions (user_id, reason, suspended_by)
     VALUES (v_user_id, btrim(suspend_sender.reason), 'admin')
     ON CONFLICT (user_id) DO NOTHING;
@@ -1427,11 +1423,7 @@ DECLARE
     v_address text := mail.normalise_address(lift_suspension.address);
     v_user_id bigint;
 BEGIN
-    SELECT u.user_id INTO v_user_id FROM mail.users u WHERE u.address = v_address;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'user % does not exist', quote_literal(v_address)
-            USING ERRCODE = 'no_data_found';
-    END IF;
+    v_user_id := mail.user_id_of(v_address);
     DELETE FROM mail.sender_suspensions s WHERE s.user_id = v_user_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'user % is not suspended', quote_literal(v_address)
