@@ -349,3 +349,27 @@ def test_rate_limit_exact_across_two_milters(stack, directory, rules, second_mil
     # both milters took part
     with open(f"{stack.env['STACK_DIR']}/log/milter-2.log") as f:
         assert "metadata recorded" in f.read()
+
+
+def test_rules_that_cannot_be_reloaded_keep_the_last_good_set(stack, directory):
+    """While the snapshot cannot be read, the milter keeps enforcing the last
+    rules it loaded (and says so in its log)."""
+    from test_milter_durability import milter_log
+    d = directory
+    stack.sql("SELECT mail.set_limits(%s, NULL, %s)", d.domain, 1)
+    time.sleep(REFRESH)
+    start = len(milter_log(stack))
+    stack.sql("REVOKE EXECUTE ON FUNCTION mail.policy_snapshot() FROM mailmeta_milter",
+              user="postgres")
+    try:
+        deadline = time.monotonic() + 10
+        while "keeping the last good set" not in milter_log(stack)[start:]:
+            assert time.monotonic() < deadline, "no failed reload logged"
+            time.sleep(0.2)
+        code, text = send(stack, outsider(), [d.alice, d.bob])
+        assert code == 550 and "5.5.3" in text
+    finally:
+        stack.sql("GRANT EXECUTE ON FUNCTION mail.policy_snapshot() TO mailmeta_milter",
+                  user="postgres")
+        stack.sql("SELECT mail.clear_limits(%s)", d.domain)
+        time.sleep(REFRESH)
