@@ -10,7 +10,7 @@
 -- nothing else.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(153);
+SELECT plan(170);
 \ir 06_helpers.psql
 \ir mirror_helpers.psql
 
@@ -48,6 +48,7 @@ SELECT function_returns('mail', 'mirror_messages', ARRAY['text', 'text', 'jsonb'
 SELECT function_returns('mail', 'mirror_folder_done', ARRAY['text', 'text', 'bigint', 'bigint', 'bigint', 'integer'], 'boolean');
 SELECT function_returns('mail', 'mirror_forget', ARRAY['text'], 'void');
 SELECT function_returns('mail', 'record_mailbox_message', ARRAY['text', 'jsonb'], 'void');
+SELECT function_returns('mail', 'record_mailbox_messages', ARRAY['text', 'jsonb'], 'void');
 SELECT is(pg_get_function_result('mail.mirror_folders(text,jsonb)'::regprocedure),
           'TABLE(guid text, uidvalidity bigint, uidnext bigint, highest_modseq bigint, message_count integer)',
           'mirror_folders returns the recorded state of each folder');
@@ -301,6 +302,55 @@ SELECT lives_ok($$SELECT mail.record_mailbox_message('alice@example.test', pg_te
 SELECT is(pg_temp.state(), (SELECT s FROM st), 'recording again changes nothing (idempotent by mailmeta_id)');
 RESET ROLE;
 
+-- many at once: one call, the same result as one call each
+SET LOCAL ROLE mailmeta_mirror;
+SELECT lives_ok($$SELECT mail.record_mailbox_messages('alice@example.test', jsonb_build_array(
+    pg_temp.doc(40, '{"direction": "mailbox", "recipients": [], "queue_id": "Q", "received_at": "2026-11-20T12:00:00Z"}',
+                '{"message_id": "<forty@example.test>"}'),
+    pg_temp.doc(41, '{"direction": "mailbox", "recipients": [], "received_at": "2026-11-20T12:01:00Z"}',
+                '{"message_id": "<forty-one@example.test>", "in_reply_to": ["forty@example.test"]}'),
+    pg_temp.doc(20, '{"direction": "mailbox", "recipients": [], "received_at": "2026-11-20T10:00:00Z"}',
+                '{"message_id": "<twenty@example.test>"}'),
+    pg_temp.doc(40, '{"direction": "mailbox", "recipients": [], "received_at": "2026-11-20T12:00:00Z"}',
+                '{"message_id": "<forty@example.test>"}')))$$,
+    'record_mailbox_messages: new, recorded and repeated documents in one array');
+RESET ROLE;
+SELECT results_eq($$SELECT mailmeta_id, direction, queue_id, thread_id FROM mail.messages
+                     WHERE mailmeta_id IN (pg_temp.mid(40), pg_temp.mid(41)) ORDER BY 1$$,
+    $$VALUES (pg_temp.mid(40), 'mailbox', NULL::text, pg_temp.mid(40)), (pg_temp.mid(41), 'mailbox', NULL, pg_temp.mid(40))$$,
+    'record_mailbox_messages: each new one stored once, envelope ignored, threaded within the array');
+SELECT results_eq($$SELECT um.mailmeta_id, um.thread_id FROM mail.user_messages um
+                     WHERE um.user_id = mail.user_id_of('alice@example.test')
+                       AND um.mailmeta_id IN (pg_temp.mid(40), pg_temp.mid(41)) ORDER BY 1$$,
+    $$VALUES (pg_temp.mid(40), pg_temp.mid(40)), (pg_temp.mid(41), pg_temp.mid(40))$$,
+    'record_mailbox_messages: the user''s rows, in the right thread');
+SET LOCAL ROLE mailmeta_mirror;
+SELECT lives_ok($$SELECT mail.record_mailbox_messages('alice@example.test', '[]')$$,
+    'record_mailbox_messages: an empty array is nothing to do');
+SELECT * FROM pg_temp.refuses_mirror($$SELECT mail.record_mailbox_messages('alice@example.test', '{}')$$,
+    '22023', 'record_mailbox_messages wants a JSON array of metadata documents, not object',
+    'record_mailbox_messages: not an array');
+SELECT * FROM pg_temp.refuses_mirror($$SELECT mail.record_mailbox_messages('nobody@example.test', '[]')$$,
+    'P0002', 'user ''nobody@example.test'' does not exist', 'record_mailbox_messages: unknown user');
+SELECT * FROM pg_temp.refuses_mirror($$SELECT mail.record_mailbox_messages('alice@example.test', jsonb_build_array(
+    pg_temp.doc(42, '{"direction": "mailbox", "recipients": []}'), pg_temp.doc(43, '{"recipients": []}')))$$,
+    '22023', 'invalid metadata document 2 of 2 (0193f7a2-0000-7000-8000-000000000043): direction ''inbound'' is not mailbox',
+    'record_mailbox_messages: one document of another direction refuses them all');
+SELECT * FROM pg_temp.refuses_mirror($$SELECT mail.record_mailbox_messages('alice@example.test', jsonb_build_array(
+    pg_temp.doc(42, '{"direction": "mailbox"}')))$$,
+    '22023', 'invalid metadata document 1 of 1 (0193f7a2-0000-7000-8000-000000000042): recipients must be empty: a message found in a mailbox has no envelope',
+    'record_mailbox_messages: recipients');
+SELECT * FROM pg_temp.refuses_mirror($$SELECT mail.record_mailbox_messages('alice@example.test', jsonb_build_array(
+    pg_temp.doc(42, '{"direction": "mailbox", "recipients": []}'), '"text"'::jsonb))$$,
+    '22023', 'invalid metadata document 2 of 2: the document must be a JSON object, not string',
+    'record_mailbox_messages: not an object');
+SELECT * FROM pg_temp.refuses_mirror($$SELECT mail.record_mailbox_messages('alice@example.test', jsonb_build_array(
+    pg_temp.doc(42, '{"direction": "mailbox", "recipients": []}'),
+    pg_temp.doc(43, '{"direction": "mailbox", "recipients": [], "version": 2}')))$$,
+    '22023', 'invalid metadata document 2 of 2 (0193f7a2-0000-7000-8000-000000000043): unsupported version 2 (expected 1)',
+    'record_mailbox_messages: what record_messages refuses');
+RESET ROLE;
+
 -- ------------------------------------------------------------ refused arguments
 SET LOCAL ROLE mailmeta_mirror;
 SELECT * FROM pg_temp.refuses_mirror($$SELECT * FROM mail.mirror_folders('nobody@example.test', '[]')$$,
@@ -418,8 +468,8 @@ SELECT set_eq($$SELECT p.oid::regprocedure::text FROM pg_proc p
                    AND has_function_privilege('mailmeta_mirror', p.oid, 'EXECUTE')$$,
     ARRAY['mail.mirror_folders(text,jsonb)', 'mail.mirror_messages(text,text,jsonb)',
           'mail.mirror_folder_done(text,text,bigint,bigint,bigint,integer)', 'mail.mirror_forget(text)',
-          'mail.record_mailbox_message(text,jsonb)'],
-    'mailmeta_mirror may execute exactly its five functions');
+          'mail.record_mailbox_message(text,jsonb)', 'mail.record_mailbox_messages(text,jsonb)'],
+    'mailmeta_mirror may execute exactly its six functions');
 SELECT is_empty($$SELECT c.relname::text FROM pg_class c
                    WHERE c.relnamespace = 'mail'::regnamespace AND c.relkind IN ('r', 'v')
                      AND has_table_privilege('mailmeta_mirror', c.oid, 'SELECT,INSERT,UPDATE,DELETE')$$,
@@ -434,7 +484,7 @@ SELECT is((SELECT count(*)::int FROM mail.folders f JOIN mail.users u USING (use
 SELECT is((SELECT count(*)::int FROM mail.mailbox_messages m JOIN mail.users u USING (user_id) WHERE u.address = 'alice@example.test'),
           0, '... and their messages');
 SELECT is((SELECT count(*)::int FROM mail.user_messages um JOIN mail.users u USING (user_id) WHERE u.address = 'alice@example.test'),
-          2, 'metadata and per-user rows stay');
+          4, 'metadata and per-user rows stay');
 SELECT is((SELECT count(*)::int FROM mail.folders f JOIN mail.users u USING (user_id) WHERE u.address = 'bob@example.test'),
           1, 'other users'' mirrors stay');
 
