@@ -41,11 +41,15 @@
 
 /* at most this many messages per mail.mirror_messages() call */
 #define MM_MIRROR_BATCH_SIZE 1000
-/* record_mailbox_message() holds advisory locks per message id until
-   commit: commit after this many records.  Safe midway: an interrupted
-   folder has no recorded state (after a reset) or an older one, so the
-   next sync sends it again, and every upsert is absolute state. */
-#define MM_MIRROR_RECORDS_PER_COMMIT 100
+/* Records built from the mailbox go to mail.record_mailbox_messages() in
+   arrays of at most this many (or this many bytes of JSON, plus one
+   record): one call's fixed cost is several records' worth.  It holds
+   advisory locks per message id until commit, so each call is committed.
+   Safe midway: an interrupted folder has no recorded state (after a reset)
+   or an older one, so the next sync sends it again, and every upsert is
+   absolute state. */
+#define MM_MIRROR_RECORDS_PER_CALL 100
+#define MM_MIRROR_RECORDS_MAX_BYTES (4 * 1024 * 1024)
 /* A message the milter stamped (valid X-Mailmeta-ID) always gets the
    milter's record, though maybe late: from its journal, after a database
    outage.  Since the first record of an id wins, such a message gets no
@@ -76,7 +80,8 @@ struct mm_sync {
 	const char *address;
 	pool_t pool;
 	struct mm_mirror_sync_stats *stats;
-	unsigned int records_uncommitted;
+	string_t *records;		/* "[rec,rec" on their way */
+	unsigned int records_pending;
 
 	enum mm_mirror_result result;
 	const char *error;		/* in pool */
@@ -417,17 +422,48 @@ milter_record_pending(struct mail *mail, const char *mailmeta_id)
 		received > time(NULL) - MM_MIRROR_STAMPED_GRACE_SECS;
 }
 
-/* Builds and stores the metadata record of UID, which the database lacks.
-   Returns 1 done, 0 the message is gone, 2 deferred (see
-   MM_MIRROR_STAMPED_GRACE_SECS), -1 failed. */
+/* Stores the records built so far, and commits. */
+static int
+records_flush(struct mm_sync *sync)
+{
+	const char *params[2];
+	PGresult *res;
+
+	if (sync->records_pending == 0)
+		return 0;
+	str_append_c(sync->records, ']');
+	params[0] = sync->address;
+	params[1] = str_c(sync->records);
+	res = mm_mirror_db_query(sync->db,
+		"SELECT mail.record_mailbox_messages($1, $2::jsonb)", 2, params);
+	str_truncate(sync->records, 1);
+	sync->records_pending = 0;
+	if (res == NULL) {
+		sync_fail_db(sync, "mail.record_mailbox_messages");
+		return -1;
+	}
+	PQclear(res);
+	if (mm_mirror_db_commit(sync->db) < 0) {
+		sync_fail_db(sync, "COMMIT");
+		return -1;
+	}
+	if (mm_mirror_db_begin(sync->db) < 0) {
+		sync_fail_db(sync, "BEGIN");
+		return -1;
+	}
+	return 0;
+}
+
+/* Builds the metadata record of UID, which the database lacks, and queues
+   it for records_flush().  Returns 1 done, 0 the message is gone, 2
+   deferred (see MM_MIRROR_STAMPED_GRACE_SECS), -1 failed. */
 static int
 record_message(struct mm_batch *b, uint32_t uid, const char *mailmeta_id)
 {
 	struct mm_sync *sync = b->sync;
-	const char *error = NULL, *params[2];
+	const char *error = NULL;
 	char *json = NULL;
 	enum mm_mirror_read read;
-	PGresult *res;
 	int ret = 1;
 
 	if (!mail_set_uid(b->record_mail, uid))
@@ -445,34 +481,20 @@ record_message(struct mm_batch *b, uint32_t uid, const char *mailmeta_id)
 			ret = -1;
 		} else if (read == MM_MIRROR_READ_EXPUNGED) {
 			ret = 0;
-		} else {
-			params[0] = sync->address;
-			params[1] = json;
-			res = mm_mirror_db_query(sync->db,
-				"SELECT mail.record_mailbox_message($1, $2::jsonb)",
-				2, params);
-			if (res == NULL) {
-				sync_fail_db(sync, "mail.record_mailbox_message");
-				ret = -1;
-			} else {
-				PQclear(res);
-				sync->stats->records++;
-				sync->records_uncommitted++;
-			}
 		}
 	} T_END;
-	free(json);
-	if (ret > 0 && sync->records_uncommitted >= MM_MIRROR_RECORDS_PER_COMMIT) {
-		sync->records_uncommitted = 0;
-		if (mm_mirror_db_commit(sync->db) < 0) {
-			sync_fail_db(sync, "COMMIT");
-			return -1;
-		}
-		if (mm_mirror_db_begin(sync->db) < 0) {
-			sync_fail_db(sync, "BEGIN");
-			return -1;
-		}
+	if (ret > 0) {
+		if (sync->records_pending > 0)
+			str_append_c(sync->records, ',');
+		str_append(sync->records, json);
+		sync->records_pending++;
+		sync->stats->records++;
 	}
+	free(json);
+	if (ret > 0 && (sync->records_pending >= MM_MIRROR_RECORDS_PER_CALL ||
+			str_len(sync->records) >= MM_MIRROR_RECORDS_MAX_BYTES) &&
+	    records_flush(sync) < 0)
+		return -1;
 	return ret;
 }
 
@@ -531,6 +553,8 @@ batch_flush(struct mm_batch *b, bool *stale)
 			*stale = TRUE;
 	}
 	PQclear(res);
+	if (ret == 0 && records_flush(sync) < 0)
+		ret = -1;
 	return ret;
 }
 
@@ -783,6 +807,8 @@ mm_mirror_sync_user(struct mm_mirror_db *db, struct mail_user *user,
 	sync.address = user->username;
 	sync.pool = pool_alloconly_create("mailmeta sync", 4096);
 	sync.stats = stats_r;
+	sync.records = str_new(default_pool, 4096);
+	str_append_c(sync.records, '[');
 	p_array_init(&folders, sync.pool, 16);
 
 	/* Dovecot first: a storage problem costs no database round trip */
@@ -830,6 +856,7 @@ mm_mirror_sync_user(struct mm_mirror_db *db, struct mail_user *user,
 	if (ret < 0 && result == MM_MIRROR_OK)
 		result = MM_MIRROR_FAILED;
 	*error_r = t_strdup(sync.error == NULL ? "unknown error" : sync.error);
+	str_free(&sync.records);
 	pool_unref(&sync.pool);
 	return ret < 0 ? result : MM_MIRROR_OK;
 }
