@@ -13,6 +13,8 @@
  *	mailmeta_spool_dir       where the mail plugin leaves dirty marks
  *	mailmeta_check_interval  drift check period of `watch` (default 10 min,
  *	                         0 disables it)
+ *	mailmeta_sync_delay      how long `watch` lets marks gather before a
+ *	                         round of syncs (default 250 ms)
  *
  * This plugin holds everything heavy (libpq, libmailmeta with GMime and
  * jansson, OpenSSL), so the mail plugin loaded by imap, pop3 and lmtp stays
@@ -33,6 +35,9 @@
 #include "mm-mirror-watch.h"
 
 #define MAILMETA_DEFAULT_CHECK_INTERVAL "10 min"
+#define MAILMETA_DEFAULT_SYNC_DELAY "250 ms"
+/* the mirror may lag by this much: more is a typo, not a choice */
+#define MAILMETA_MAX_SYNC_DELAY_MSECS 60000
 
 struct mailmeta_cmd_context {
 	struct doveadm_mail_cmd_context ctx;
@@ -141,7 +146,7 @@ static void
 cmd_mailmeta_watch(struct doveadm_cmd_context *cctx ATTR_UNUSED)
 {
 	struct mm_mirror_watch_settings set;
-	const char *interval, *error;
+	const char *interval, *delay, *error;
 
 	i_zero(&set);
 	set.spool_dir = doveadm_plugin_getenv("mailmeta_spool_dir");
@@ -149,6 +154,9 @@ cmd_mailmeta_watch(struct doveadm_cmd_context *cctx ATTR_UNUSED)
 	interval = doveadm_plugin_getenv("mailmeta_check_interval");
 	if (interval == NULL || interval[0] == '\0')
 		interval = MAILMETA_DEFAULT_CHECK_INTERVAL;
+	delay = doveadm_plugin_getenv("mailmeta_sync_delay");
+	if (delay == NULL || delay[0] == '\0')
+		delay = MAILMETA_DEFAULT_SYNC_DELAY;
 
 	if (set.spool_dir == NULL || set.spool_dir[0] != '/') {
 		i_error("mailmeta: mailmeta_spool_dir must be set to an "
@@ -164,6 +172,18 @@ cmd_mailmeta_watch(struct doveadm_cmd_context *cctx ATTR_UNUSED)
 	if (settings_get_time(interval, &set.check_interval_secs, &error) < 0) {
 		i_error("mailmeta: invalid mailmeta_check_interval '%s': %s",
 			interval, error);
+		doveadm_exit_code = EX_CONFIG;
+		return;
+	}
+	if (settings_get_time_msecs(delay, &set.sync_delay_msecs, &error) < 0) {
+		i_error("mailmeta: invalid mailmeta_sync_delay '%s': %s",
+			delay, error);
+		doveadm_exit_code = EX_CONFIG;
+		return;
+	}
+	if (set.sync_delay_msecs > MAILMETA_MAX_SYNC_DELAY_MSECS) {
+		i_error("mailmeta: mailmeta_sync_delay '%s' is over a minute",
+			delay);
 		doveadm_exit_code = EX_CONFIG;
 		return;
 	}

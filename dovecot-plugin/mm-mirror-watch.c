@@ -237,6 +237,15 @@ check_all_users(struct mm_watch *w)
 	return failed;
 }
 
+/* Lets the marks of a burst of changes gather before a round: one sync
+   then covers them all.  A signal cuts it short. */
+static void
+watch_collect_marks(const struct mm_watch *w)
+{
+	if (w->set->sync_delay_msecs > 0 && !watch_stopping(w))
+		(void)poll(NULL, 0, (int)w->set->sync_delay_msecs);
+}
+
 /* Sleeps until a mark may be waiting, the drift check is due, or a signal
    ends us; while backing off, marks do not wake us early. */
 static void
@@ -264,15 +273,17 @@ watch_wait(struct mm_watch *w)
 				timeout = MM_WATCH_POLL_MSECS;
 			(void)poll(NULL, 0, timeout);
 			if (w->backoff_secs == 0)
-				return;
+				return;	/* the poll was the delay */
 			continue;
 		}
 		if (poll(&pfd, 1, timeout) <= 0)
 			continue;	/* timeout or a signal: look again */
 		/* drain; the events only say "look at the spool" */
 		while (read(w->inotify_fd, buf, sizeof(buf)) > 0) ;
-		if (w->backoff_secs == 0)
+		if (w->backoff_secs == 0) {
+			watch_collect_marks(w);
 			return;
+		}
 	}
 }
 
@@ -341,8 +352,9 @@ mm_mirror_watch_run(const struct mm_mirror_watch_settings *set)
 		MAIL_STORAGE_SERVICE_FLAG_USERDB_LOOKUP |
 		MAIL_STORAGE_SERVICE_FLAG_TEMP_PRIV_DROP |
 		MAIL_STORAGE_SERVICE_FLAG_NO_LOG_INIT);
-	i_info("mailmeta: watching %s (drift check every %u s)",
-	       set->spool_dir, set->check_interval_secs);
+	i_info("mailmeta: watching %s (sync delay %u ms, drift check "
+	       "every %u s)", set->spool_dir, set->sync_delay_msecs,
+	       set->check_interval_secs);
 
 	w.next_check = monotonic_secs();
 	while (!watch_stopping(&w)) {

@@ -12,7 +12,12 @@
  * also syncs every user the userdb lists; a user whose folders agree with
  * the mirror costs one mail.mirror_folders() call, so this is the cheap
  * drift check that repairs lost marks and changes made behind Dovecot's
- * back.  SIGTERM (or SIGINT) ends it after the user being synced.
+ * back.  A round of syncs starts sync_delay after the first mark that woke
+ * the watcher: a user busy with many small changes (a client flagging one
+ * message after another, a burst of deliveries) is then synced once for
+ * all of them rather than once for each, which is what makes the mirror
+ * cheap under load; the mirror lags by about that delay.  SIGTERM (or
+ * SIGINT) ends it after the user being synced.
  */
 #ifndef MM_MIRROR_WATCH_H
 #define MM_MIRROR_WATCH_H
@@ -21,6 +26,7 @@ struct mm_mirror_watch_settings {
 	const char *spool_dir;
 	const char *dsn;
 	unsigned int check_interval_secs;	/* 0: no periodic drift check */
+	unsigned int sync_delay_msecs;		/* marks collected before a round */
 };
 
 /* Runs until SIGTERM/SIGINT.  Returns 0, or -1 when it cannot start
