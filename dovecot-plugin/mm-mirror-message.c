@@ -23,6 +23,21 @@
 typedef void mm_mirror_read_callback_t(const unsigned char *data, size_t size,
 				       void *context);
 
+/* What a failed read of MAIL means: the message went away meanwhile
+   (expunged by another session), or an error worth reporting. */
+static enum mm_mirror_read
+read_failure(struct mail *mail, const char *what, const char **error_r)
+{
+	enum mail_error error;
+	const char *errstr = mailbox_get_last_internal_error(mail->box, &error);
+
+	if (error == MAIL_ERROR_EXPUNGED)
+		return MM_MIRROR_READ_EXPUNGED;
+	*error_r = t_strdup_printf("reading UID %u%s failed: %s",
+				   mail->uid, what, errstr);
+	return MM_MIRROR_READ_FAILED;
+}
+
 /* Feeds the whole message, CRLF line ends, to callback. */
 static enum mm_mirror_read
 read_message(struct mail *mail, mm_mirror_read_callback_t *callback,
@@ -31,19 +46,11 @@ read_message(struct mail *mail, mm_mirror_read_callback_t *callback,
 	struct istream *input, *crlf;
 	const unsigned char *data;
 	size_t size;
-	enum mail_error error;
 	enum mm_mirror_read ret = MM_MIRROR_READ_OK;
 
 	if (mail_get_stream_because(mail, NULL, NULL, "mailmeta mirror",
-				    &input) < 0) {
-		const char *errstr =
-			mailbox_get_last_internal_error(mail->box, &error);
-		if (error == MAIL_ERROR_EXPUNGED)
-			return MM_MIRROR_READ_EXPUNGED;
-		*error_r = t_strdup_printf("reading UID %u failed: %s",
-					   mail->uid, errstr);
-		return MM_MIRROR_READ_FAILED;
-	}
+				    &input) < 0)
+		return read_failure(mail, "", error_r);
 	crlf = i_stream_create_crlf(input);
 	while (i_stream_read_more(crlf, &data, &size) > 0) {
 		callback(data, size, context);
@@ -82,16 +89,8 @@ mm_mirror_message_id(struct mail *mail, char id_r[MM_UUID_TEXT_SIZE],
 	int hret;
 
 	hret = mail_get_first_header(mail, MAILMETA_ID_HEADER, &value);
-	if (hret < 0) {
-		enum mail_error error;
-		const char *errstr =
-			mailbox_get_last_internal_error(mail->box, &error);
-		if (error == MAIL_ERROR_EXPUNGED)
-			return MM_MIRROR_READ_EXPUNGED;
-		*error_r = t_strdup_printf("reading UID %u's header failed: %s",
-					   mail->uid, errstr);
-		return MM_MIRROR_READ_FAILED;
-	}
+	if (hret < 0)
+		return read_failure(mail, "'s header", error_r);
 	if (hret > 0 && mm_mirror_parse_uuid(value, id_r))
 		return MM_MIRROR_READ_OK;
 
@@ -135,16 +134,8 @@ mm_mirror_message_record(struct mail *mail, const char *mailmeta_id,
 	time_t date;
 	json_t *doc;
 
-	if (mail_get_received_date(mail, &date) < 0) {
-		enum mail_error error;
-		const char *errstr =
-			mailbox_get_last_internal_error(mail->box, &error);
-		if (error == MAIL_ERROR_EXPUNGED)
-			return MM_MIRROR_READ_EXPUNGED;
-		*error_r = t_strdup_printf("reading UID %u failed: %s",
-					   mail->uid, errstr);
-		return MM_MIRROR_READ_FAILED;
-	}
+	if (mail_get_received_date(mail, &date) < 0)
+		return read_failure(mail, "", error_r);
 
 	mm_extract_library_init();
 	x = mm_extract_new(NULL);
