@@ -162,15 +162,6 @@ scan(const struct script *sc, int inet, unsigned timeout_ms, size_t max_bytes,
 	return r;
 }
 
-static int
-has(const char *text, const char *part)
-{
-	if (strstr(text, part) != NULL)
-		return 1;
-	fprintf(stderr, "  expected \"%s\" in \"%s\"\n", part, text);
-	return 0;
-}
-
 static void
 test_clean_any_chunking(void)
 {
@@ -251,7 +242,7 @@ test_answers(void)
 			continue;
 		}
 		CHECK(r.v.status == MM_CLAMD_FAILED);
-		CHECK(has(r.v.reason, cases[i].reason));
+		CHECK(test_has(r.v.reason, cases[i].reason));
 		CHECK(r.v.signature[0] == '\0');
 	}
 }
@@ -267,7 +258,7 @@ test_babble(void)
 	memset(flood, 'A', sizeof(flood));
 	r = scan(&sc, 0, 3000, 1u << 20, 100, NULL);
 	CHECK(r.v.status == MM_CLAMD_FAILED);
-	CHECK(has(r.v.reason, "answer is too long"));
+	CHECK(test_has(r.v.reason, "answer is too long"));
 	CHECK(r.ms < 1000);
 }
 
@@ -287,7 +278,7 @@ test_refused(void)
 	mm_clamd_finish(s, &v);
 	mm_clamd_free(&s);
 	CHECK(v.status == MM_CLAMD_FAILED);
-	CHECK(has(v.reason, "clamd: connect to /nonexistent/clamd.sock"));
+	CHECK(test_has(v.reason, "clamd: connect to /nonexistent/clamd.sock"));
 	CHECK(test_now_ms() - t0 < 100);
 
 	/* nothing listens on the port any more */
@@ -300,13 +291,13 @@ test_refused(void)
 	mm_clamd_finish(s, &v);
 	mm_clamd_free(&s);
 	CHECK(v.status == MM_CLAMD_FAILED);
-	CHECK(has(v.reason, "Connection refused"));
+	CHECK(test_has(v.reason, "Connection refused"));
 
 	cfg.address = NULL;
 	s = mm_clamd_open(&cfg);
 	mm_clamd_finish(s, &v);
 	mm_clamd_free(&s);
-	CHECK(v.status == MM_CLAMD_FAILED && has(v.reason, "not configured"));
+	CHECK(v.status == MM_CLAMD_FAILED && test_has(v.reason, "not configured"));
 }
 
 /* Each misbehaviour ends in FAILED, after the timeout and not much later. */
@@ -320,7 +311,7 @@ test_timeouts(void)
 
 	r = scan(&hang_after, 0, 300, 1u << 20, 5000, NULL);
 	CHECK(r.v.status == MM_CLAMD_FAILED);
-	CHECK(has(r.v.reason, "no answer from clamd within 300 ms"));
+	CHECK(test_has(r.v.reason, "no answer from clamd within 300 ms"));
 	CHECK(r.ms >= 290 && r.ms < 1500);
 	CHECK(r.v.elapsed_ms >= 290 && r.v.elapsed_ms < 1500);
 
@@ -328,7 +319,7 @@ test_timeouts(void)
 	r = scan(&hang_before, 0, 300, 64u << 20, 16u << 20, NULL);
 	CHECK(r.v.status == MM_CLAMD_FAILED);
 	CHECK(r.write_failed);
-	CHECK(has(r.v.reason, "sending to clamd timed out"));
+	CHECK(test_has(r.v.reason, "sending to clamd timed out"));
 	CHECK(r.ms >= 290 && r.ms < 1500);
 	r = scan(&hang_before, 1, 300, 64u << 20, 16u << 20, NULL);
 	CHECK(r.v.status == MM_CLAMD_FAILED && r.ms < 1500);
@@ -350,7 +341,7 @@ test_closed(void)
 
 	r = scan(&after_stream, 0, 2000, 1u << 20, 5000, NULL);
 	CHECK(r.v.status == MM_CLAMD_FAILED);
-	CHECK(has(r.v.reason, "closed the connection without an answer"));
+	CHECK(test_has(r.v.reason, "closed the connection without an answer"));
 
 	/* writing into a closed connection: EPIPE, not SIGPIPE */
 	for (int inet = 0; inet <= 1; inet++) {

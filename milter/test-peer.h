@@ -113,6 +113,16 @@ peer_stop(struct peer *p, int wait)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+/* Whether TEXT contains PART; says what was missing when not. */
+static inline int
+test_has(const char *text, const char *part)
+{
+	if (strstr(text, part) != NULL)
+		return 1;
+	fprintf(stderr, "  expected \"%s\" in \"%s\"\n", part, text);
+	return 0;
+}
+
 /* ----------------------------------------------- for the child's scripts */
 
 static inline int

@@ -178,15 +178,6 @@ check(const struct script *sc, int inet, unsigned timeout_ms, size_t max_bytes,
 	return res;
 }
 
-static int
-has(const char *text, const char *part)
-{
-	if (strstr(text, part) != NULL)
-		return 1;
-	fprintf(stderr, "  expected \"%s\" in \"%s\"\n", part, text);
-	return 0;
-}
-
 static void
 test_protocol(void)
 {
@@ -266,7 +257,7 @@ test_answers(void)
 			continue;
 		}
 		CHECK(res.r.status == MM_SPAMD_FAILED);
-		CHECK(has(res.r.reason, cases[i].reason));
+		CHECK(test_has(res.r.reason, cases[i].reason));
 		CHECK(res.r.rules[0] == '\0' && res.r.score == 0);
 		CHECK(res.ms < 1000);
 	}
@@ -306,7 +297,7 @@ test_babble(void)
 	memset(flood + 19, 'A', sizeof(flood) - 19);
 	res = check(&sc, 0, 3000, 500u << 10, 100, NULL, -1, -1);
 	CHECK(res.r.status == MM_SPAMD_FAILED);
-	CHECK(has(res.r.reason, "answer is longer than"));
+	CHECK(test_has(res.r.reason, "answer is longer than"));
 	CHECK(res.ms < 1000);
 }
 
@@ -321,7 +312,7 @@ test_timeouts(void)
 
 	res = check(&hang_after, 0, 300, 500u << 10, 5000, NULL, -1, -1);
 	CHECK(res.r.status == MM_SPAMD_FAILED);
-	CHECK(has(res.r.reason, "no answer from spamd within 300 ms"));
+	CHECK(test_has(res.r.reason, "no answer from spamd within 300 ms"));
 	CHECK(res.ms >= 290 && res.ms < 1500);
 	CHECK(res.r.elapsed_ms >= 290 && res.r.elapsed_ms < 1500);
 
@@ -329,14 +320,14 @@ test_timeouts(void)
 	for (int inet = 0; inet <= 1; inet++) {
 		res = check(&hang_before, inet, 300, 64u << 20, 16u << 20, NULL, -1, -1);
 		CHECK(res.r.status == MM_SPAMD_FAILED);
-		CHECK(has(res.r.reason, "sending to spamd timed out"));
+		CHECK(test_has(res.r.reason, "sending to spamd timed out"));
 		CHECK(res.ms >= 290 && res.ms < 1500);
 	}
 
 	/* half an answer, then silence */
 	res = check(&stalls, 0, 300, 500u << 10, 100, NULL, -1, -1);
 	CHECK(res.r.status == MM_SPAMD_FAILED && res.ms < 1500);
-	CHECK(has(res.r.reason, "no answer from spamd within 300 ms"));
+	CHECK(test_has(res.r.reason, "no answer from spamd within 300 ms"));
 
 	res = check(&slow, 0, 3000, 500u << 10, 100, NULL, -1, -1);
 	CHECK(res.r.status == MM_SPAMD_SCORED && res.ms >= 590);
@@ -361,7 +352,7 @@ test_not_scanned(void)
 
 	/* skipped before connecting: the address would fail */
 	mm_spamd_check(&cfg, &req, &r);
-	CHECK(r.status == MM_SPAMD_SKIPPED && has(r.reason, "1001 bytes, more than max_bytes 1000"));
+	CHECK(r.status == MM_SPAMD_SKIPPED && test_has(r.reason, "1001 bytes, more than max_bytes 1000"));
 	CHECK(src.calls == 0);
 	req.size = 990;
 	req.prefix = "Received: from x\r\n";
@@ -372,18 +363,18 @@ test_not_scanned(void)
 	req.prefix = NULL;
 	mm_spamd_check(&cfg, &req, &r);
 	CHECK(r.status == MM_SPAMD_FAILED);
-	CHECK(has(r.reason, "spamd: connect to /nonexistent/spamd.sock"));
+	CHECK(test_has(r.reason, "spamd: connect to /nonexistent/spamd.sock"));
 
 	cfg.address = NULL;
 	mm_spamd_check(&cfg, &req, &r);
-	CHECK(r.status == MM_SPAMD_SKIPPED && has(r.reason, "not configured"));
+	CHECK(r.status == MM_SPAMD_SKIPPED && test_has(r.reason, "not configured"));
 
 	res = check(&sc, 0, 2000, 500u << 10, 100000, NULL, 40000, -1);
 	CHECK(res.r.status == MM_SPAMD_FAILED);
-	CHECK(has(res.r.reason, "reading the message at offset"));
+	CHECK(test_has(res.r.reason, "reading the message at offset"));
 	res = check(&sc, 0, 2000, 500u << 10, 100000, NULL, -1, 50000);
 	CHECK(res.r.status == MM_SPAMD_FAILED);
-	CHECK(has(res.r.reason, "the message ended after"));
+	CHECK(test_has(res.r.reason, "the message ended after"));
 	CHECK(res.peer != 0);	/* the fake never got a whole request */
 }
 
