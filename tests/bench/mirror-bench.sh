@@ -9,10 +9,13 @@
 #  (a) LMTP delivery: MESSAGES copies of a realistic message (the corpus
 #      message bench-lib.sh picks, without its Message-ID) delivered by
 #      smtp-source -L straight into Dovecot's LMTP socket, LMTP_SESSIONS
-#      sessions, to a fresh user per run: messages/s.  These messages never
-#      passed the milter, so the watcher builds a metadata record for every
-#      one (record_mailbox_message): the dearest case for the mirror; mail
-#      that came through the milter only gets its mirror rows.
+#      sessions, to a fresh user per run: messages/s, twice —
+#      "stamped": the message carries the X-Mailmeta-ID of a recorded
+#      message, as all mail that came through Postfix and the milter does,
+#      so the watcher only mirrors it;
+#      "unstamped": mail that never passed the milter (imports, LMTP from
+#      elsewhere), for which the watcher also builds a metadata record
+#      (record_mailbox_messages): the dearest case for the mirror.
 #  (b) IMAP: IMAP_SESSIONS clients in parallel (processes, one fresh user
 #      each), IMAP_OPS operations each, a mix of APPEND (35 %, new messages
 #      of 2-6 KB), FETCH (30 %, BODY.PEEK[] and FLAGS), STORE (25 %) and
@@ -40,10 +43,7 @@
 # Not a test: nothing passes or fails on a number.
 #
 # usage: tests/bench/mirror-bench.sh [MESSAGES [ROUNDS [IMAP_SESSIONS [IMAP_OPS]]]]
-#        (defaults 2000, 3, 8, 750; in the environment LMTP_SESSIONS=10, and
-#        LMTP_STAMPED=1 to deliver messages stamped with the X-Mailmeta-ID of
-#        a recorded message, as mail from the milter is: then the watcher
-#        mirrors them without building records)
+#        (defaults 2000, 3, 8, 750; in the environment LMTP_SESSIONS=10)
 set -euo pipefail
 shopt -s inherit_errexit	# the runs are called in $(...)
 
@@ -436,30 +436,33 @@ imap_run() {
 # ------------------------------------------------------------------ main
 MESSAGE=$(STACK_DIR=$WORK; without_message_id "$(pick_message)")
 setup_domain
-stamp=
-if [ -n "${LMTP_STAMPED:-}" ]; then
-	# as mail that came through the milter: stamped with the id of a
-	# recorded message, so the watcher only mirrors, builds no record
-	stamp=$(sql -c "SELECT mailmeta_id FROM mail.messages ORDER BY received_at DESC LIMIT 1")
-	{ printf 'X-Mailmeta-ID: %s\n' "$stamp"; cat "$MESSAGE"; } > "$WORK/stamped.eml"
-	MESSAGE=$WORK/stamped.eml
-	stamp=", stamped X-Mailmeta-ID: $stamp (recorded: no record built)"
-fi
-echo "message: $(pick_message | sed "s|^$CORPORA/||") without Message-ID ($(wc -c < "$MESSAGE") bytes)$stamp"
+# as mail that came through the milter: stamped with the id of a recorded
+# message, so the watcher only mirrors it and builds no record
+stamp=$(sql -c "SELECT mailmeta_id FROM mail.messages ORDER BY received_at DESC LIMIT 1")
+[ -n "$stamp" ] || { echo "no recorded message to stamp the bench message with" >&2; exit 1; }
+{ printf 'X-Mailmeta-ID: %s\n' "$stamp"; cat "$MESSAGE"; } > "$WORK/stamped.eml"
+UNSTAMPED=$MESSAGE STAMPED=$WORK/stamped.eml
+echo "message: $(pick_message | sed "s|^$CORPORA/||") without Message-ID ($(wc -c < "$UNSTAMPED") bytes); stamped: X-Mailmeta-ID: $stamp"
 echo "mail_plugins with: $PLUGINS; without: $BASE_PLUGINS; $ROUNDS rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
-lmtp_base=() lmtp_with=() lmtp_deliv=() lmtp_catch=() lmtp_cpu=()
+for kind in stamped unstamped; do
+	eval "lmtp_${kind}_base=() lmtp_${kind}_with=() lmtp_${kind}_deliv=() lmtp_${kind}_catch=() lmtp_${kind}_cpu=()"
+done
 imap_base=() imap_with=() imap_raw=() imap_catch=() imap_cpu=()
 for round in $(seq 1 "$ROUNDS"); do
-	use_config without
-	out=$(lmtp_run without)
-	lmtp_base+=("$out")
-	use_config with
-	out=$(lmtp_run with)
-	read -r w d c cw cp <<<"$out"
-	lmtp_with+=("$w") lmtp_deliv+=("$d") lmtp_catch+=("$c")
-	lmtp_cpu+=("$(echo "scale=3; 1000 * ($cw + $cp) / $MESSAGES" | bc)")
-	log "round $round LMTP: without ${lmtp_base[-1]} msg/s, with $w msg/s (deliveries alone $d msg/s, mirror caught up $c s later; sync CPU: watcher $cw s, PostgreSQL $cp s)"
+	for kind in stamped unstamped; do
+		if [ "$kind" = stamped ]; then MESSAGE=$STAMPED; else MESSAGE=$UNSTAMPED; fi
+		use_config without
+		base=$(lmtp_run without)
+		use_config with
+		out=$(lmtp_run with)
+		read -r w d c cw cp <<<"$out"
+		eval "lmtp_${kind}_base+=(\"\$base\") lmtp_${kind}_with+=(\"\$w\")"
+		eval "lmtp_${kind}_deliv+=(\"\$d\") lmtp_${kind}_catch+=(\"\$c\")"
+		cpu=$(echo "scale=3; 1000 * ($cw + $cp) / $MESSAGES" | bc)
+		eval "lmtp_${kind}_cpu+=(\"\$cpu\")"
+		log "round $round LMTP $kind: without $base msg/s, with $w msg/s (deliveries alone $d msg/s, mirror caught up $c s later; sync CPU: watcher $cw s, PostgreSQL $cp s)"
+	done
 
 	use_config without
 	out=$(imap_run without)
@@ -486,8 +489,10 @@ report() {	# name unit bases withs raws catches cpus per
 	printf '  sync CPU (watcher + its PostgreSQL backend) %s ms per %s (%s)\n' "$cpu" "$8" "$7"
 }
 echo "(a) LMTP delivery, $MESSAGES messages, $LMTP_SESSIONS sessions, a fresh user per run:"
-report "  LMTP" msg/s "${lmtp_base[*]}" "${lmtp_with[*]}" "${lmtp_deliv[*]}" "${lmtp_catch[*]}" \
-	"${lmtp_cpu[*]}" message
+report "  LMTP stamped (through the milter)" msg/s "${lmtp_stamped_base[*]}" "${lmtp_stamped_with[*]}" \
+	"${lmtp_stamped_deliv[*]}" "${lmtp_stamped_catch[*]}" "${lmtp_stamped_cpu[*]}" message
+report "  LMTP unstamped (records built)" msg/s "${lmtp_unstamped_base[*]}" "${lmtp_unstamped_with[*]}" \
+	"${lmtp_unstamped_deliv[*]}" "${lmtp_unstamped_catch[*]}" "${lmtp_unstamped_cpu[*]}" message
 echo "(b) IMAP, $IMAP_SESSIONS sessions x $IMAP_OPS operations (APPEND 35 %, FETCH 30 %, STORE 25 %, EXPUNGE 10 %):"
 report "  IMAP" ops/s "${imap_base[*]}" "${imap_with[*]}" "${imap_raw[*]}" "${imap_catch[*]}" \
 	"${imap_cpu[*]}" operation
