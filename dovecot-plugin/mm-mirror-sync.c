@@ -52,10 +52,11 @@
 #define MM_MIRROR_RECORDS_MAX_BYTES (4 * 1024 * 1024)
 /* A message the milter stamped (valid X-Mailmeta-ID) always gets the
    milter's record, though maybe late: from its journal, after a database
-   outage.  Since the first record of an id wins, such a message gets no
-   record built from the mailbox until it has been there this long; its
-   folder meanwhile keeps its old recorded state, so the drift check looks
-   at it again. */
+   outage.  So such a message gets no record built from the mailbox until
+   it has been there this long (its folder meanwhile keeps its old
+   recorded state, so the drift check looks at it again): building one
+   would be wasted work.  Should the milter's record come even later, it
+   completes the one built here (mail.adopt_milter_records). */
 #define MM_MIRROR_STAMPED_GRACE_SECS 3600
 
 struct mm_folder {

@@ -73,8 +73,11 @@ job_free(struct job *j)
 	free(j);
 }
 
-/* the decisions (mail.record_verdicts) and the records, in one statement */
-#define RECORD_SQL "SELECT mail.record_messages(mail.record_verdicts($1::jsonb))"
+/* in one statement: a record built from a mailbox before ours arrived
+   completed with our envelope (mail.adopt_milter_records), the decisions
+   (mail.record_verdicts) and the records */
+#define RECORD_SQL "SELECT mail.record_messages(mail.record_verdicts(" \
+	"mail.adopt_milter_records($1::jsonb)))"
 
 static void
 deadline_after(struct timespec *ts, unsigned ms)

@@ -114,8 +114,9 @@ SELECT is_empty($$
      WHERE p.pronamespace = 'mail'::regnamespace
        AND has_function_privilege('mailmeta_milter', p.oid, 'EXECUTE')
        AND p.proname NOT IN ('record_message', 'record_messages', 'record_verdicts',
+                             'adopt_milter_records',
                              'policy_snapshot', 'policy_check', 'expire_rate_counters') $$,
-    'the milter may execute record_message(s), record_verdicts and the policy functions, and no other function');
+    'the milter may execute record_message(s), record_verdicts, adopt_milter_records and the policy functions, and no other function');
 
 SELECT * FROM finish();
 ROLLBACK;

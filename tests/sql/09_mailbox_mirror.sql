@@ -10,7 +10,7 @@
 -- nothing else.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(170);
+SELECT plan(178);
 \ir 06_helpers.psql
 \ir mirror_helpers.psql
 
@@ -351,6 +351,43 @@ SELECT * FROM pg_temp.refuses_mirror($$SELECT mail.record_mailbox_messages('alic
     'record_mailbox_messages: what record_messages refuses');
 RESET ROLE;
 
+-- ------------------------------------------------------------ the milter's record arrives late
+-- (journaled while PostgreSQL was away): it completes the mailbox record
+SET LOCAL ROLE mailmeta_mirror;
+SELECT lives_ok($$SELECT mail.record_mailbox_messages('alice@example.test', jsonb_build_array(
+    pg_temp.doc(50, '{"direction": "mailbox", "recipients": [], "received_at": "2026-11-22T20:00:00Z"}',
+                '{"message_id": "<fifty@example.net>"}')))$$,
+    'a delivered message recorded from the mailbox first');
+RESET ROLE;
+SET LOCAL ROLE mailmeta_milter;
+SELECT lives_ok($$SELECT count(*) FROM mail.record_messages(mail.record_verdicts(mail.adopt_milter_records(
+    jsonb_build_array(pg_temp.doc(50, '{"recipients": [{"address": "alice@example.test"}, {"address": "bob@example.test"},
+                                                       {"address": "friend@example.org"}]}',
+                                  '{"message_id": "<fifty@example.net>"}')))))$$,
+    'then the milter''s record of it, from its journal');
+RESET ROLE;
+SELECT results_eq($$SELECT direction, queue_id, env_from, client_ip, received_at, message_id FROM mail.messages
+                     WHERE mailmeta_id = pg_temp.mid(50)$$,
+    $$VALUES ('inbound', 'Q50', 'sender@example.net', '192.0.2.10'::inet, '2026-11-22T19:40:00Z'::timestamptz, 'fifty@example.net')$$,
+    'the record now has the milter''s envelope, session and time');
+SELECT results_eq($$SELECT rcpt, user_id IS NOT NULL FROM mail.message_recipients WHERE mailmeta_id = pg_temp.mid(50) ORDER BY 1$$,
+    $$VALUES ('alice@example.test', true), ('bob@example.test', true), ('friend@example.org', false)$$,
+    'and its recipients');
+SELECT results_eq($$SELECT u.address, um.received_at FROM mail.user_messages um JOIN mail.users u USING (user_id)
+                     WHERE um.mailmeta_id = pg_temp.mid(50) ORDER BY 1$$,
+    $$VALUES ('alice@example.test', '2026-11-22T19:40:00Z'::timestamptz), ('bob@example.test', '2026-11-22T19:40:00Z')$$,
+    'every local recipient has a per-user row, dated as the milter dated the message');
+SET LOCAL ROLE mailmeta_milter;
+CREATE TEMP TABLE st50 AS SELECT pg_temp.state() AS s;
+SELECT lives_ok($$SELECT count(*) FROM mail.record_messages(mail.record_verdicts(mail.adopt_milter_records(
+    jsonb_build_array(pg_temp.doc(50, '{"queue_id": "OTHER", "recipients": [{"address": "alice@example.test"}]}',
+                                  '{"message_id": "<fifty@example.net>"}')))))$$,
+    'the milter''s record replayed once more');
+SELECT is(pg_temp.state(), (SELECT s FROM st50), 'changes nothing: only a mailbox record is completed, once');
+SELECT is(mail.adopt_milter_records('"not an array"'::jsonb), '"not an array"'::jsonb,
+          'adopt_milter_records passes anything else on for record_messages to judge');
+RESET ROLE;
+
 -- ------------------------------------------------------------ refused arguments
 SET LOCAL ROLE mailmeta_mirror;
 SELECT * FROM pg_temp.refuses_mirror($$SELECT * FROM mail.mirror_folders('nobody@example.test', '[]')$$,
@@ -484,7 +521,7 @@ SELECT is((SELECT count(*)::int FROM mail.folders f JOIN mail.users u USING (use
 SELECT is((SELECT count(*)::int FROM mail.mailbox_messages m JOIN mail.users u USING (user_id) WHERE u.address = 'alice@example.test'),
           0, '... and their messages');
 SELECT is((SELECT count(*)::int FROM mail.user_messages um JOIN mail.users u USING (user_id) WHERE u.address = 'alice@example.test'),
-          4, 'metadata and per-user rows stay');
+          5, 'metadata and per-user rows stay');
 SELECT is((SELECT count(*)::int FROM mail.folders f JOIN mail.users u USING (user_id) WHERE u.address = 'bob@example.test'),
           1, 'other users'' mirrors stay');
 
