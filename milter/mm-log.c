@@ -12,6 +12,7 @@
 #include <string.h>
 #include <syslog.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "mm-log.h"
 
@@ -109,5 +110,8 @@ mm_fatal(const char *fmt, ...)
 	va_start(ap, fmt);
 	vlog(LOG_CRIT, "fatal: ", fmt, ap);
 	va_end(ap);
-	exit(1);
+	/* not exit(): the filter's writer and policy threads may be running,
+	 * and the libraries' exit handlers would tear down what they use
+	 * (seen as an abort instead of exit status 1) */
+	_exit(1);
 }
