@@ -10,7 +10,11 @@
  *   SIGTERM  passed on (over the pipe): the filter defers new messages,
  *            finishes storing those at their end, stops its writers and
  *            exits; one that does not within 40 s is killed;
- *   filter crash  logged and the filter restarted after a second.
+ *   filter crash  logged and the filter restarted after a second; one
+ *            that keeps dying soon after its start (a socket it cannot
+ *            bind, a database role it cannot use) is restarted after 2, 4
+ *            ... up to 60 s, as Postfix's master throttles a failing
+ *            service, instead of filling the log every second.
  * The filter process drops to the configured user before it opens the
  * milter socket, the journal or the database.
  */
@@ -45,6 +49,10 @@
 #endif
 
 #define DRAIN_SECONDS 30
+/* restarts of a filter process that died: the delay doubles up to the
+   maximum while it keeps dying within STABLE seconds of its start */
+#define RESTART_DELAY_MAX 60
+#define RESTART_STABLE_SECONDS 60
 
 static const char *config_path = MM_DEFAULT_CONFIG;
 static struct mm_journal *journal;
@@ -300,6 +308,18 @@ reload(int control_fd)
 		mm_error("SIGHUP: cannot reach the filter process: %s", strerror(errno));
 }
 
+static const char *
+exit_text(int status)
+{
+	static char buf[64];
+
+	if (WIFSIGNALED(status))
+		snprintf(buf, sizeof(buf), "killed by signal %d", WTERMSIG(status));
+	else
+		snprintf(buf, sizeof(buf), "exit status %d", WEXITSTATUS(status));
+	return buf;
+}
+
 static int
 supervise(const char *pidfile)
 {
@@ -308,7 +328,8 @@ supervise(const char *pidfile)
 	pid_t child;
 	bool stopping = false;
 	struct timespec tick = { .tv_sec = 1 };
-	time_t kill_at = 0;
+	time_t kill_at = 0, started, restart_at = 0;
+	unsigned restart_delay = 1;
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGHUP);
@@ -319,9 +340,19 @@ supervise(const char *pidfile)
 	signal(SIGPIPE, SIG_IGN);
 	write_pidfile(pidfile);
 	child = spawn_filter(&control_fd);
+	started = time(NULL);
 
 	for (;;) {
 		sig = sigtimedwait(&set, NULL, &tick);
+		if (child == 0) {	/* waiting to restart a filter that died */
+			if (sig == SIGTERM || sig == SIGINT)
+				break;
+			if (time(NULL) >= restart_at) {
+				child = spawn_filter(&control_fd);
+				started = time(NULL);
+			}
+			continue;	/* a new filter reads the configuration anyway */
+		}
 		if (stopping && kill_at && time(NULL) >= kill_at) {
 			mm_warn("filter process %ld did not stop; killing it", (long)child);
 			kill(child, SIGKILL);
@@ -340,10 +371,16 @@ supervise(const char *pidfile)
 			close(control_fd);
 			if (stopping)
 				break;
-			mm_error("filter process %ld ended unexpectedly (status %d); restarting",
-				 (long)child, status);
-			sleep(1);
-			child = spawn_filter(&control_fd);
+			if (time(NULL) - started >= RESTART_STABLE_SECONDS)
+				restart_delay = 1;
+			mm_error("filter process %ld ended unexpectedly (%s); "
+				 "restarting in %u s", (long)child, exit_text(status),
+				 restart_delay);
+			restart_at = time(NULL) + restart_delay;
+			if (restart_delay < RESTART_DELAY_MAX)
+				restart_delay = restart_delay * 2 > RESTART_DELAY_MAX ?
+					RESTART_DELAY_MAX : restart_delay * 2;
+			child = 0;
 		}
 	}
 	if (pidfile)
