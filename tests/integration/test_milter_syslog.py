@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 
 import pytest
 
@@ -112,9 +113,12 @@ def daemon_milter(stack):
 def test_daemon_logs_to_syslog_in_postfix_style(stack, directory, daemon_milter):
     log, pidfile = daemon_milter
     d = directory
-    msg = new_message(d.bob, [d.alice])
-    with stack.submission(d.bob, d.passwords[d.bob]) as s:
-        assert not s.send_message(msg, from_addr=d.bob, to_addrs=[d.alice])
+    # a sender of its own: the directory's users may be suspended by the
+    # policy tests' refusals
+    sender = d.add_user(f"syslog-{uuid.uuid4().hex[:8]}")
+    msg = new_message(sender, [d.alice])
+    with stack.submission(sender, d.passwords[sender]) as s:
+        assert not s.send_message(msg, from_addr=sender, to_addrs=[d.alice])
     lines = log.read_until(lambda line: "metadata recorded" in line, 30)
 
     parsed = [SYSLOG_LINE.match(line) for line in lines]
