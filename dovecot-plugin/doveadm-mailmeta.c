@@ -15,6 +15,9 @@
  *	                         0 disables it)
  *	mailmeta_sync_delay      how long `watch` lets marks gather before a
  *	                         round of syncs (default 250 ms)
+ *	mailmeta_stamped_grace   how long a message the milter stamped waits
+ *	                         for the milter's record before one is built
+ *	                         from the mailbox (default 1 hour)
  *
  * This plugin holds everything heavy (libpq, libmailmeta with GMime and
  * jansson, OpenSSL), so the mail plugin loaded by imap, pop3 and lmtp stays

@@ -29,6 +29,7 @@
 #include "mail-storage.h"
 #include "mail-search-build.h"
 #include "mailbox-list-iter.h"
+#include "settings-parser.h"
 #include "mail-user.h"
 
 #include <jansson.h>
@@ -53,11 +54,12 @@
 /* A message the milter stamped (valid X-Mailmeta-ID) always gets the
    milter's record, though maybe late: from its journal, after a database
    outage.  So such a message gets no record built from the mailbox until
-   it has been there this long (its folder meanwhile keeps its old
-   recorded state, so the drift check looks at it again): building one
-   would be wasted work.  Should the milter's record come even later, it
-   completes the one built here (mail.adopt_milter_records). */
-#define MM_MIRROR_STAMPED_GRACE_SECS 3600
+   it has been there this long (mailmeta_stamped_grace; its folder
+   meanwhile keeps its old recorded state, so the drift check looks at it
+   again): building one would be wasted work.  Should the milter's record
+   come even later, it completes the one built here
+   (mail.adopt_milter_records). */
+#define MM_MIRROR_STAMPED_GRACE "1 hour"
 
 struct mm_folder {
 	const char *vname;
@@ -81,6 +83,7 @@ struct mm_sync {
 	const char *address;
 	pool_t pool;
 	struct mm_mirror_sync_stats *stats;
+	unsigned int stamped_grace_secs;
 	string_t *records;		/* "[rec,rec" on their way */
 	unsigned int records_pending;
 
@@ -410,7 +413,8 @@ batch_reset_lists(struct mm_batch *b)
 /* Whether the milter's record of this message may still be on its way:
    it carries the milter's stamp and arrived recently. */
 static bool
-milter_record_pending(struct mail *mail, const char *mailmeta_id)
+milter_record_pending(struct mm_sync *sync, struct mail *mail,
+		      const char *mailmeta_id)
 {
 	char stamped[MM_UUID_TEXT_SIZE];
 	const char *value;
@@ -420,7 +424,7 @@ milter_record_pending(struct mail *mail, const char *mailmeta_id)
 		mm_mirror_parse_uuid(value, stamped) &&
 		strcmp(stamped, mailmeta_id) == 0 &&
 		mail_get_received_date(mail, &received) == 0 &&
-		received > time(NULL) - MM_MIRROR_STAMPED_GRACE_SECS;
+		received > time(NULL) - (time_t)sync->stamped_grace_secs;
 }
 
 /* Stores the records built so far, and commits. */
@@ -457,7 +461,7 @@ records_flush(struct mm_sync *sync)
 
 /* Builds the metadata record of UID, which the database lacks, and queues
    it for records_flush().  Returns 1 done, 0 the message is gone, 2
-   deferred (see MM_MIRROR_STAMPED_GRACE_SECS), -1 failed. */
+   deferred (see MM_MIRROR_STAMPED_GRACE), -1 failed. */
 static int
 record_message(struct mm_batch *b, uint32_t uid, const char *mailmeta_id)
 {
@@ -469,7 +473,7 @@ record_message(struct mm_batch *b, uint32_t uid, const char *mailmeta_id)
 
 	if (!mail_set_uid(b->record_mail, uid))
 		return 0;
-	if (milter_record_pending(b->record_mail, mailmeta_id)) {
+	if (milter_record_pending(sync, b->record_mail, mailmeta_id)) {
 		sync->stats->deferred++;
 		return 2;
 	}
@@ -797,7 +801,7 @@ mm_mirror_sync_user(struct mm_mirror_db *db, struct mail_user *user,
 	ARRAY_TYPE(mm_folder) folders;
 	struct mm_folder *f;
 	json_t *folders_json;
-	const char *params[1];
+	const char *params[1], *grace, *error;
 	PGresult *res;
 	int ret = 0;
 
@@ -811,12 +815,20 @@ mm_mirror_sync_user(struct mm_mirror_db *db, struct mail_user *user,
 	sync.records = str_new(default_pool, 4096);
 	str_append_c(sync.records, '[');
 	p_array_init(&folders, sync.pool, 16);
+	grace = mail_user_plugin_getenv(user, "mailmeta_stamped_grace");
+	if (grace == NULL || grace[0] == '\0')
+		grace = MM_MIRROR_STAMPED_GRACE;
+	if (settings_get_time(grace, &sync.stamped_grace_secs, &error) < 0) {
+		sync_fail(&sync, MM_MIRROR_FAILED,
+			  "invalid mailmeta_stamped_grace '%s': %s", grace, error);
+		ret = -1;
+	}
 
 	/* Dovecot first: a storage problem costs no database round trip */
 	folders_json = json_array();
-	if (list_folders(&sync, &folders, folders_json) < 0)
+	if (ret == 0 && list_folders(&sync, &folders, folders_json) < 0)
 		ret = -1;
-	else if (mm_mirror_db_begin(db) < 0) {
+	if (ret == 0 && mm_mirror_db_begin(db) < 0) {
 		sync_fail_db(&sync, "BEGIN");
 		ret = -1;
 	}
