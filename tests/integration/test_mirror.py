@@ -425,6 +425,41 @@ def test_doveadm_expunge(stack, mailbox):
     assert state["INBOX"]["messages"] == {}
 
 
+def test_a_late_milter_record_completes_the_mailbox_record(stack, mailbox):
+    """A message the milter had to journal (its database role refused) is
+    delivered; a sync that does not wait for the milter's record
+    (mailmeta_stamped_grace = 0) builds one from the mailbox; the journal's
+    replay then completes that record with the envelope instead of being
+    dropped as a duplicate."""
+    user, pw = mailbox
+    stack.sql("ALTER ROLE mailmeta_milter NOLOGIN", user="postgres")
+    try:
+        stack.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                  " WHERE usename = 'mailmeta_milter'", user="postgres")
+        msg = deliver(stack, user)
+        stack.wait_for_imap(user, pw, msg["Subject"])
+        r = doveadm(stack, "mailmeta", "sync", "-u", user,
+                    options=("-o", "plugin/mailmeta_stamped_grace=0"))
+        assert r.returncode == 0, r.stderr
+        assert stack.sql("SELECT direction, env_from, queue_id FROM mail.messages"
+                         " WHERE subject = %s", msg["Subject"]) == [["mailbox", "", ""]]
+    finally:
+        stack.sql("ALTER ROLE mailmeta_milter LOGIN", user="postgres")
+    deadline = time.monotonic() + 30
+    while True:     # the milter replays its journal every few seconds
+        rows = stack.sql("SELECT direction, env_from, queue_id <> '' FROM mail.messages"
+                         " WHERE subject = %s", msg["Subject"])
+        if rows == [["inbound", "someone@outside.example", "t"]]:
+            break
+        assert time.monotonic() < deadline, f"not completed by the replay: {rows}"
+        time.sleep(0.5)
+    assert stack.sql("SELECT mr.rcpt FROM mail.message_recipients mr"
+                     " JOIN mail.messages m USING (mailmeta_id) WHERE m.subject = %s",
+                     msg["Subject"]) == [[user]]
+    assert stack.sql("SELECT count(*) FROM mail.message_log WHERE subject = %s",
+                     msg["Subject"]) == [["1"]]
+
+
 def test_autoexpunge(stack, mailbox):
     """Dovecot expunges old mail of a folder with `autoexpunge` when a
     session ends (the stack's "Expiring": 2 s): the mirror follows."""
