@@ -55,6 +55,19 @@ $$;
 COMMENT ON FUNCTION mail.lock_threads_of(uuid[]) IS
     'Internal: takes the thread locks of these messages until none moved, for adding per-user rows.';
 
+-- Why a document is not one record_mailbox_message(s) takes, or NULL.
+CREATE FUNCTION mail.mailbox_document_problem(doc jsonb) RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = mail, pg_temp
+AS $$
+    SELECT coalesce(mail.metadata_problem($1),
+        CASE WHEN $1->>'direction' <> 'mailbox'
+             THEN format('direction %s is not mailbox', quote_literal(left($1->>'direction', 80)))
+             WHEN jsonb_array_length($1->'recipients') > 0
+             THEN 'recipients must be empty: a message found in a mailbox has no envelope' END)
+$$;
+COMMENT ON FUNCTION mail.mailbox_document_problem(jsonb) IS
+    'Internal: why a document is not a mailbox record (metadata_problem, then direction mailbox and no recipients), or NULL.';
+
 CREATE FUNCTION mail.record_mailbox_messages(address text, docs jsonb) RETURNS void
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = mail, pg_temp
     SET plan_cache_mode = force_generic_plan
@@ -78,10 +91,7 @@ BEGIN
                             AND x.e->>'direction' = 'mailbox'
                             AND x.e->'recipients' = '[]'::jsonb, false)
          ORDER BY x.ord LIMIT 1 LOOP
-        v_problem := coalesce(mail.metadata_problem(v_doc),
-            CASE WHEN v_doc->>'direction' <> 'mailbox'
-                 THEN format('direction %s is not mailbox', quote_literal(left(v_doc->>'direction', 80)))
-                 ELSE 'recipients must be empty: a message found in a mailbox has no envelope' END);
+        v_problem := mail.mailbox_document_problem(v_doc);
         RAISE EXCEPTION 'invalid metadata document % of %: %', v_no,
                 jsonb_array_length(docs) || coalesce(' (' || left(v_doc->>'mailmeta_id', 80) || ')', ''),
                 v_problem
@@ -210,13 +220,8 @@ AS $$
 DECLARE
     -- an unknown user (P0002) is refused before the document is looked at
     v_user_id bigint := mail.user_id_of(record_mailbox_message.address);
-    v_problem text := mail.metadata_problem(record_mailbox_message.doc);
+    v_problem text := mail.mailbox_document_problem(record_mailbox_message.doc);
 BEGIN
-    IF v_problem IS NULL AND doc->>'direction' <> 'mailbox' THEN
-        v_problem := format('direction %s is not mailbox', quote_literal(left(doc->>'direction', 80)));
-    ELSIF v_problem IS NULL AND jsonb_array_length(doc->'recipients') > 0 THEN
-        v_problem := 'recipients must be empty: a message found in a mailbox has no envelope';
-    END IF;
     IF v_problem IS NOT NULL THEN
         RAISE EXCEPTION 'invalid metadata document%: %',
                 coalesce(' ' || left(doc->>'mailmeta_id', 80), ''), v_problem
