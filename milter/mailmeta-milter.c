@@ -377,9 +377,8 @@ supervise(const char *pidfile)
 				 "restarting in %u s", (long)child, exit_text(status),
 				 restart_delay);
 			restart_at = time(NULL) + restart_delay;
-			if (restart_delay < RESTART_DELAY_MAX)
-				restart_delay = restart_delay * 2 > RESTART_DELAY_MAX ?
-					RESTART_DELAY_MAX : restart_delay * 2;
+			restart_delay = restart_delay * 2 > RESTART_DELAY_MAX ?
+				RESTART_DELAY_MAX : restart_delay * 2;
 			child = 0;
 		}
 	}
