@@ -3,6 +3,7 @@ as the admin, and mail clients (Python's own smtplib, imaplib, poplib) that
 talk to the real servers on 127.0.0.1.
 """
 
+import contextlib
 import imaplib
 import os
 import poplib
@@ -136,3 +137,33 @@ def new_message(sender, recipients, body="hello from the mailmeta tests\n"):
     msg["Subject"] = f"mailmeta test {uuid.uuid4().hex}"
     msg.set_content(body)
     return msg
+
+
+def write_milter_config(stack, path, socket, pidfile, journal):
+    """The stack's mailmeta-milter.conf with another socket, pid file and
+    journal (created for the milter's user), written to PATH: for a second
+    milter process beside the stack's."""
+    sd = stack.env["STACK_DIR"]
+    subprocess.run(["install", "-d", "-o", "mailmeta", "-m", "0750", journal], check=True)
+    with open(f"{sd}/etc/mailmeta/mailmeta-milter.conf") as f:
+        text = f.read()
+    for old, new in ((f"unix:{sd}/run/milter/milter.sock", f"unix:{socket}"),
+                     (f"{sd}/run/milter/mailmeta-milter.pid", pidfile),
+                     (f"{sd}/milter/journal", journal)):
+        assert old in text, f"{old} not in the stack's milter configuration"
+        text = text.replace(old, new)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def milter_role_refused(stack):
+    """PostgreSQL refuses the milter's role (and ends its sessions): the
+    milter journals what it accepts until the role may log in again."""
+    stack.sql("ALTER ROLE mailmeta_milter NOLOGIN", user="postgres")
+    try:
+        stack.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                  " WHERE usename = 'mailmeta_milter'", user="postgres")
+        yield
+    finally:
+        stack.sql("ALTER ROLE mailmeta_milter LOGIN", user="postgres")

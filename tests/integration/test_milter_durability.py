@@ -13,11 +13,7 @@ import uuid
 
 import pytest
 
-from mmtest import new_message
-
-
-def superuser(stack, query, *params):
-    return stack.sql(query, *params, user="postgres")
+from mmtest import milter_role_refused, new_message
 
 
 def journal_dir(stack):
@@ -100,16 +96,11 @@ def assert_exactly_once(stack, flood):
 
 def test_database_refusing_the_milter_journals_then_replays(stack, directory):
     tag = f"journal-{uuid.uuid4().hex[:8]}"
-    superuser(stack, "ALTER ROLE mailmeta_milter NOLOGIN")
-    try:
-        superuser(stack, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                         " WHERE usename = 'mailmeta_milter'")
+    with milter_role_refused(stack):
         with Flood(stack, directory.alice, tag, workers=2) as flood:
             time.sleep(3)
         assert journal_lines(stack) > 0, "nothing went to the journal"
         assert not rows_per_subject(stack, tag)
-    finally:
-        superuser(stack, "ALTER ROLE mailmeta_milter LOGIN")
     assert_exactly_once(stack, flood)
 
 

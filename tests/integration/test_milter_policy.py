@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from mmtest import new_message
+from mmtest import new_message, write_milter_config
 
 REFRESH = 1.0 + 1.5     # the stack's policy refresh_interval, plus slack
 
@@ -292,15 +292,8 @@ def second_milter(stack):
     sd = env["STACK_DIR"]
     conf = f"{sd}/etc/mailmeta/mailmeta-milter-2.conf"
     sock = f"{sd}/run/milter/milter-2.sock"
-    journal = f"{sd}/milter/journal-2"
-    subprocess.run(["install", "-d", "-o", "mailmeta", "-m", "0750", journal], check=True)
-    with open(f"{sd}/etc/mailmeta/mailmeta-milter.conf") as f:
-        text = f.read()
-    text = (text.replace(f"unix:{sd}/run/milter/milter.sock", f"unix:{sock}")
-                .replace("mailmeta-milter.pid", "mailmeta-milter-2.pid")
-                .replace(f"{sd}/milter/journal", journal))
-    with open(conf, "w") as f:
-        f.write(text)
+    write_milter_config(stack, conf, sock, f"{sd}/run/milter/mailmeta-milter-2.pid",
+                        f"{sd}/milter/journal-2")
     log = open(f"{sd}/log/milter-2.log", "ab")
     proc = subprocess.Popen([f"{env['MAILMETA_PREFIX']}/sbin/mailmeta-milter", "-f", "-c", conf],
                             stdout=log, stderr=log, start_new_session=True)

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 
+from mmtest import write_milter_config
+
 
 def test_a_filter_that_cannot_start_is_restarted_ever_more_slowly(stack):
     env = stack.env
@@ -18,16 +20,8 @@ def test_a_filter_that_cannot_start_is_restarted_ever_more_slowly(stack):
     # its socket here
     locked = f"{work}/locked"
     os.makedirs(locked, mode=0o700)
-    journal = f"{work}/journal"
-    subprocess.run(["install", "-d", "-o", "mailmeta", "-m", "0750", journal], check=True)
     conf, pidfile = f"{work}/milter.conf", f"{work}/milter.pid"
-    with open(f"{sd}/etc/mailmeta/mailmeta-milter.conf") as f:
-        text = f.read()
-    text = (text.replace(f"unix:{sd}/run/milter/milter.sock", f"unix:{locked}/milter.sock")
-                .replace(f"{sd}/run/milter/mailmeta-milter.pid", pidfile)
-                .replace(f"{sd}/milter/journal", journal))
-    with open(conf, "w") as f:
-        f.write(text)
+    write_milter_config(stack, conf, f"{locked}/milter.sock", pidfile, f"{work}/journal")
     log_path = f"{work}/milter.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([f"{env['MAILMETA_PREFIX']}/sbin/mailmeta-milter", "-f", "-c", conf],

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from mmtest import new_message
+from mmtest import new_message, write_milter_config
 
 # The daemon's /dev: a tmpfs with the devices it uses and our /dev/log.
 PRIVATE_DEV = r'''
@@ -75,17 +75,8 @@ def daemon_milter(stack):
     # its socket here, and it gets the group of Postfix, its client
     subprocess.run(["install", "-d", "-o", "mailmeta", "-g", "postfix", "-m", "2750", work],
                    check=True)
-    journal = f"{work}/journal"
-    subprocess.run(["install", "-d", "-o", "mailmeta", "-m", "0750", journal], check=True)
     sock, pidfile, conf = f"{work}/milter.sock", f"{work}/milter.pid", f"{work}/milter.conf"
-    with open(f"{sd}/etc/mailmeta/mailmeta-milter.conf") as f:
-        text = f.read()
-    text = (text.replace(f"unix:{sd}/run/milter/milter.sock", f"unix:{sock}")
-                .replace(f"{sd}/run/milter/mailmeta-milter.pid", pidfile)
-                .replace(f"{sd}/milter/journal", journal))
-    assert sock in text and pidfile in text and journal in text
-    with open(conf, "w") as f:
-        f.write(text)
+    write_milter_config(stack, conf, sock, pidfile, f"{work}/journal")
     log = Syslog(f"{work}/log.sock")
     subprocess.run(["unshare", "-m", "sh", "-c", PRIVATE_DEV],
                    env={**os.environ, "T": work, "CONF": conf,
