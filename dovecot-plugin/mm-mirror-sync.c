@@ -49,6 +49,11 @@
    Safe midway: an interrupted folder has no recorded state (after a reset)
    or an older one, so the next sync sends it again, and every upsert is
    absolute state. */
+/* Folders kept open from the listing to their sync.  A Maildir's
+   mailbox_sync() reads new/ (and cur/ when it changed) under the uidlist's
+   lock, which deliveries to that folder wait for: one per changed folder
+   and sync, not two.  Bounded for users with very many folders. */
+#define MM_MIRROR_KEEP_OPEN 64
 #define MM_MIRROR_RECORDS_PER_CALL 100
 #define MM_MIRROR_RECORDS_MAX_BYTES (4 * 1024 * 1024)
 /* A message the milter stamped (valid X-Mailmeta-ID) always gets the
@@ -65,6 +70,9 @@ struct mm_folder {
 	const char *vname;
 	struct mail_namespace *ns;
 	const char *guid;
+	/* open since the listing (at most MM_MIRROR_KEEP_OPEN folders), so
+	   that syncing it costs no second mailbox_sync(); else NULL */
+	struct mailbox *box;
 
 	/* Dovecot's state when listed */
 	uint32_t uidvalidity, uidnext, messages;
@@ -217,6 +225,8 @@ list_folders(struct mm_sync *sync, ARRAY_TYPE(mm_folder) *folders,
 	HASH_TABLE(const char *, struct mm_folder *) seen;
 	int ret = 0;
 
+	unsigned int kept_open = 0;
+
 	hash_table_create(&seen, sync->pool, 0, str_hash, strcmp);
 	iter = mailbox_list_iter_init_namespaces(sync->user->namespaces,
 		patterns, MAIL_NAMESPACE_TYPE_PRIVATE,
@@ -257,6 +267,11 @@ list_folders(struct mm_sync *sync, ARRAY_TYPE(mm_folder) *folders,
 				f->highest_modseq = status.highest_modseq;
 				hash_table_insert(seen, f->guid, f);
 				array_push_back(folders, &f);
+				if (kept_open < MM_MIRROR_KEEP_OPEN) {
+					kept_open++;
+					f->box = box;
+					box = NULL;
+				}
 				json_array_append_new(folders_json, json_pack(
 					"{s:s, s:o, s:o, s:b}",
 					"guid", f->guid,
@@ -265,7 +280,8 @@ list_folders(struct mm_sync *sync, ARRAY_TYPE(mm_folder) *folders,
 					"subscribed",
 					(info->flags & MAILBOX_SUBSCRIBED) != 0));
 			}
-			mailbox_free(&box);
+			if (box != NULL)
+				mailbox_free(&box);
 		}
 	} T_END;
 	if (mailbox_list_iter_deinit(&iter) < 0 && ret == 0) {
@@ -732,11 +748,16 @@ sync_folder(struct mm_sync *sync, struct mm_folder *f, bool forget)
 	struct mailbox_status status;
 	ARRAY_TYPE(seq_range) expunged, filter;
 	const char *guid;
-	bool full, stale = FALSE;
+	bool full, stale = FALSE, opened = TRUE;
 	int ret = 0, done;
 
-	box = mailbox_alloc(f->ns->list, f->vname, 0);
-	if (open_folder(box) < 0 || folder_state(box, &status, &guid) < 0) {
+	box = f->box;
+	f->box = NULL;
+	if (box == NULL) {
+		box = mailbox_alloc(f->ns->list, f->vname, 0);
+		opened = open_folder(box) == 0;
+	}
+	if (!opened || folder_state(box, &status, &guid) < 0) {
 		if (!box_not_found(box)) {
 			sync_fail_box(sync, box, "opening");
 			ret = -1;
@@ -857,6 +878,10 @@ mm_mirror_sync_user(struct mm_mirror_db *db, struct mail_user *user,
 			if (ret < 0)
 				break;
 		}
+	}
+	array_foreach_elem(&folders, f) {
+		if (f->box != NULL)
+			mailbox_free(&f->box);
 	}
 	if (ret == 0 && mm_mirror_db_commit(db) < 0) {
 		sync_fail_db(&sync, "COMMIT");
