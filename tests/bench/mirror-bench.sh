@@ -43,7 +43,17 @@
 # Not a test: nothing passes or fails on a number.
 #
 # usage: tests/bench/mirror-bench.sh [MESSAGES [ROUNDS [IMAP_SESSIONS [IMAP_OPS]]]]
-#        (defaults 2000, 3, 8, 750; in the environment LMTP_SESSIONS=10)
+#        (defaults 2000, 3, 8, 750; IMAP_OPS 0 skips the IMAP runs; in the
+#        environment LMTP_SESSIONS=10, LMTP_KINDS="stamped unstamped",
+#        MAIL_FS=tmpfs|disk)
+#
+# MAIL_FS=tmpfs (the default) keeps the bench users' mail on a tmpfs (the
+# domain's directory is a symbolic link into /dev/shm while the bench
+# runs): on the stack's disk, the cost of creating a file depends on how
+# many were deleted before (ext4's inode allocator), and one delivery's CPU
+# varied from 4.7 to 8.8 ms between runs of one configuration.  Without
+# disk I/O the baseline is cheaper, so the ratio is, if anything, lower
+# than on a disk.  MAIL_FS=disk measures on the stack's disk.
 set -euo pipefail
 shopt -s inherit_errexit	# the runs are called in $(...)
 
@@ -54,6 +64,8 @@ ROUNDS=${2:-3}
 IMAP_SESSIONS=${3:-8}
 IMAP_OPS=${4:-750}
 LMTP_SESSIONS=${LMTP_SESSIONS:-10}
+LMTP_KINDS=${LMTP_KINDS:-stamped unstamped}
+MAIL_FS=${MAIL_FS:-tmpfs}
 PYTHON=${PYTHON:-/usr/bin/python3}
 CORPORA=${MAILMETA_CORPORA:-$SRC_DIR/../shared/corpora}
 DOMAIN=mirrorbench.test
@@ -120,12 +132,37 @@ restore() {
 	fi
 	rm -f "$STACK_DIR"/run/dovecot/lmtp-mirror-bench-*
 	cleanup_users || true
+	restore_mail_dir
 	rm -rf "$WORK"
 }
 trap restore EXIT
 trap 'exit 130' INT TERM
 set -E
 trap 'log "mirror-bench.sh: line $LINENO failed: $BASH_COMMAND"' ERR
+
+# ------------------------------------------------------------ mail on tmpfs
+DOMAIN_DIR=$STACK_DIR/mail/$DOMAIN
+SHM_DIR=
+# A symbolic link, not a mount: the watcher runs in a mount namespace of
+# its own (the stack's doveadm), which would not see a mount made now.
+mail_on_tmpfs() {
+	[ "$MAIL_FS" = tmpfs ] || return 0
+	SHM_DIR=$(mktemp -d /dev/shm/mirror-bench.XXXXXX)
+	chown --reference="$STACK_DIR/mail" "$SHM_DIR"
+	chmod 0700 "$SHM_DIR"
+	if [ -e "$DOMAIN_DIR" ] || [ -L "$DOMAIN_DIR" ]; then
+		mv -T "$DOMAIN_DIR" "$DOMAIN_DIR.mirror-bench-$RUN_ID"
+	fi
+	ln -s "$SHM_DIR" "$DOMAIN_DIR"
+}
+restore_mail_dir() {
+	[ -n "$SHM_DIR" ] || return 0
+	rm -f "$DOMAIN_DIR"
+	if [ -e "$DOMAIN_DIR.mirror-bench-$RUN_ID" ]; then
+		mv -T "$DOMAIN_DIR.mirror-bench-$RUN_ID" "$DOMAIN_DIR"
+	fi
+	rm -rf "$SHM_DIR"
+}
 
 # Whether the LMTP process that takes a probe delivery on the current
 # listener has the plugin mapped: "yes" or "no" (it logs the delivery with
@@ -244,6 +281,12 @@ cpu_snapshot() {
 	echo
 }
 
+# CPU seconds the whole machine has been busy (user, nice, system, irq,
+# softirq, steal): a run's share of it per message is steadier than its rate
+machine_busy() {
+	awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" { printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / hz; exit }' /proc/stat
+}
+
 # sync_cpu BEFORE AFTER -> "watcher+postgres seconds" used in between
 sync_cpu() {
 	local watcher
@@ -263,12 +306,13 @@ sync_cpu() {
 # lmtp_run with|without -> "msg/s [catch-up s]" ; repeats a "without" run
 # the watcher's drift check ran into
 lmtp_run() {
-	local arm=$1 user start delivered end count offset lines cpu0 SEQ
+	local arm=$1 user start delivered end count offset lines cpu0 busy0 busy SEQ
 	for _ in 1 2 3; do
 		SEQ=$(next_seq)
 		user=$(add_users "r$RUN_ID-l$SEQ-$arm-" 1)
 		offset=$(stat -c %s "$STACK_DIR/log/mirror.log" 2>/dev/null || echo 0)
 		cpu0=$(cpu_snapshot)
+		busy0=$(machine_busy)
 		start=$(now)
 		smtp-source -L -s "$LMTP_SESSIONS" -m "$MESSAGES" -f bench@outside.example \
 			-t "$user" -F "$MESSAGE" "unix:$LMTP_SOCKET" 2>"$WORK/smtp-source.err" || true
@@ -293,14 +337,16 @@ lmtp_run() {
 			echo "$(echo "scale=1; $MESSAGES / ($end - $start)" | bc)" \
 			     "$(echo "scale=1; $MESSAGES / ($delivered - $start)" | bc)" \
 			     "$(echo "scale=2; ($end - $delivered) / 1" | bc)" \
-			     "$(sync_cpu "$cpu0" "$(cpu_snapshot)")"
+			     "$(sync_cpu "$cpu0" "$(cpu_snapshot)")" \
+			     "$(echo "scale=3; 1000 * ($(machine_busy) - $busy0) / $MESSAGES" | bc)"
 			cleanup_one "$user"
 			return
 		fi
+		busy=$(echo "scale=3; 1000 * ($(machine_busy) - $busy0) / $MESSAGES" | bc)
 		lines=$(synced_lines "$offset" "$user")
 		cleanup_one "$user"
 		if [ "$lines" -eq 0 ]; then
-			echo "scale=1; $MESSAGES / ($delivered - $start)" | bc
+			echo "$(echo "scale=1; $MESSAGES / ($delivered - $start)" | bc) $busy"
 			return
 		fi
 		log "  (the watcher's drift check synced the baseline user during the run: repeated)"
@@ -435,6 +481,7 @@ imap_run() {
 
 # ------------------------------------------------------------------ main
 MESSAGE=$(STACK_DIR=$WORK; without_message_id "$(pick_message)")
+mail_on_tmpfs
 setup_domain
 # as mail that came through the milter: stamped with the id of a recorded
 # message, so the watcher only mirrors it and builds no record
@@ -443,33 +490,49 @@ stamp=$(sql -c "SELECT mailmeta_id FROM mail.messages ORDER BY received_at DESC 
 { printf 'X-Mailmeta-ID: %s\n' "$stamp"; cat "$MESSAGE"; } > "$WORK/stamped.eml"
 UNSTAMPED=$MESSAGE STAMPED=$WORK/stamped.eml
 echo "message: $(pick_message | sed "s|^$CORPORA/||") without Message-ID ($(wc -c < "$UNSTAMPED") bytes); stamped: X-Mailmeta-ID: $stamp"
-echo "mail_plugins with: $PLUGINS; without: $BASE_PLUGINS; $ROUNDS rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "mail_plugins with: $PLUGINS; without: $BASE_PLUGINS; mail on $MAIL_FS; $ROUNDS rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 for kind in stamped unstamped; do
 	eval "lmtp_${kind}_base=() lmtp_${kind}_with=() lmtp_${kind}_deliv=() lmtp_${kind}_catch=() lmtp_${kind}_cpu=()"
+	eval "lmtp_${kind}_busy_base=() lmtp_${kind}_busy_with=()"
 done
 imap_base=() imap_with=() imap_raw=() imap_catch=() imap_cpu=()
 for round in $(seq 1 "$ROUNDS"); do
-	for kind in stamped unstamped; do
+	for kind in $LMTP_KINDS; do
 		if [ "$kind" = stamped ]; then MESSAGE=$STAMPED; else MESSAGE=$UNSTAMPED; fi
-		use_config without
-		base=$(lmtp_run without)
-		use_config with
-		out=$(lmtp_run with)
-		read -r w d c cw cp <<<"$out"
+		# odd rounds run "without" first, even rounds "with": what
+		# drifts during a bench weighs on both arms alike
+		if [ $((round % 2)) -eq 1 ]; then
+			use_config without
+			read -r base bb <<<"$(lmtp_run without)"
+			use_config with
+			read -r w d c cw cp bw <<<"$(lmtp_run with)"
+		else
+			use_config with
+			read -r w d c cw cp bw <<<"$(lmtp_run with)"
+			use_config without
+			read -r base bb <<<"$(lmtp_run without)"
+		fi
 		eval "lmtp_${kind}_base+=(\"\$base\") lmtp_${kind}_with+=(\"\$w\")"
 		eval "lmtp_${kind}_deliv+=(\"\$d\") lmtp_${kind}_catch+=(\"\$c\")"
+		eval "lmtp_${kind}_busy_base+=(\"\$bb\") lmtp_${kind}_busy_with+=(\"\$bw\")"
 		cpu=$(echo "scale=3; 1000 * ($cw + $cp) / $MESSAGES" | bc)
 		eval "lmtp_${kind}_cpu+=(\"\$cpu\")"
-		log "round $round LMTP $kind: without $base msg/s, with $w msg/s (deliveries alone $d msg/s, mirror caught up $c s later; sync CPU: watcher $cw s, PostgreSQL $cp s)"
+		log "round $round LMTP $kind: without $base msg/s, with $w msg/s (deliveries alone $d msg/s, mirror caught up $c s later; sync CPU: watcher $cw s, PostgreSQL $cp s; machine CPU per message $bb ms without, $bw ms with)"
 	done
+	[ "$IMAP_OPS" -gt 0 ] || continue
 
-	use_config without
-	out=$(imap_run without)
-	imap_base+=("$out")
-	use_config with
-	out=$(imap_run with)
-	read -r w d c cw cp <<<"$out"
+	if [ $((round % 2)) -eq 1 ]; then
+		use_config without
+		imap_base+=("$(imap_run without)")
+		use_config with
+		read -r w d c cw cp <<<"$(imap_run with)"
+	else
+		use_config with
+		read -r w d c cw cp <<<"$(imap_run with)"
+		use_config without
+		imap_base+=("$(imap_run without)")
+	fi
 	imap_with+=("$w") imap_raw+=("$d") imap_catch+=("$c")
 	imap_cpu+=("$(echo "scale=3; 1000 * ($cw + $cp) / ($IMAP_SESSIONS * $IMAP_OPS)" | bc)")
 	log "round $round IMAP: without ${imap_base[-1]} ops/s, with $w ops/s (clients alone $d ops/s, mirror caught up $c s later; sync CPU: watcher $cw s, PostgreSQL $cp s)"
@@ -487,12 +550,20 @@ report() {	# name unit bases withs raws catches cpus per
 	printf '  with plugin, clients alone %s %s (ratio %s); mirror caught up %s s after the last client (%s)\n' \
 		"$raw" "$unit" "$(echo "scale=3; $raw / $base" | bc)" "$catch" "$6"
 	printf '  sync CPU (watcher + its PostgreSQL backend) %s ms per %s (%s)\n' "$cpu" "$8" "$7"
+	[ -n "${9:-}" ] || return 0
+	base=$(tr ' ' '\n' <<<"$9" | awk '{ s += $1 } END { printf "%.2f\n", s / NR }')
+	with=$(tr ' ' '\n' <<<"${10}" | awk '{ s += $1 } END { printf "%.2f\n", s / NR }')
+	printf '  machine CPU per %s: without %s ms (%s), with %s ms (%s), ratio without/with %s\n' \
+		"$8" "$base" "$9" "$with" "${10}" "$(echo "scale=3; $base / $with" | bc)"
 }
 echo "(a) LMTP delivery, $MESSAGES messages, $LMTP_SESSIONS sessions, a fresh user per run:"
-report "  LMTP stamped (through the milter)" msg/s "${lmtp_stamped_base[*]}" "${lmtp_stamped_with[*]}" \
-	"${lmtp_stamped_deliv[*]}" "${lmtp_stamped_catch[*]}" "${lmtp_stamped_cpu[*]}" message
-report "  LMTP unstamped (records built)" msg/s "${lmtp_unstamped_base[*]}" "${lmtp_unstamped_with[*]}" \
-	"${lmtp_unstamped_deliv[*]}" "${lmtp_unstamped_catch[*]}" "${lmtp_unstamped_cpu[*]}" message
+for kind in $LMTP_KINDS; do
+	if [ "$kind" = stamped ]; then title="LMTP stamped (through the milter)"; else title="LMTP unstamped (records built)"; fi
+	eval "report \"  \$title\" msg/s \"\${lmtp_${kind}_base[*]}\" \"\${lmtp_${kind}_with[*]}\" \
+		\"\${lmtp_${kind}_deliv[*]}\" \"\${lmtp_${kind}_catch[*]}\" \"\${lmtp_${kind}_cpu[*]}\" message \
+		\"\${lmtp_${kind}_busy_base[*]}\" \"\${lmtp_${kind}_busy_with[*]}\""
+done
+[ "$IMAP_OPS" -gt 0 ] || exit 0
 echo "(b) IMAP, $IMAP_SESSIONS sessions x $IMAP_OPS operations (APPEND 35 %, FETCH 30 %, STORE 25 %, EXPUNGE 10 %):"
 report "  IMAP" ops/s "${imap_base[*]}" "${imap_with[*]}" "${imap_raw[*]}" "${imap_catch[*]}" \
 	"${imap_cpu[*]}" operation
