@@ -668,7 +668,11 @@ send_messages(struct mm_sync *sync, struct mm_folder *f, struct mailbox *box,
 		arg->value.modseq->modseq = f->r_highest_modseq + 1;
 	}
 
-	b.t = mailbox_transaction_begin(box, 0, "mailmeta mirror");
+	/* What Dovecot caches per folder follows what the user's clients
+	   fetch; the mirror's reading every message must not make it cache
+	   X-Mailmeta-ID and the received date of every future delivery. */
+	b.t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_NO_CACHE_DEC,
+					"mailmeta mirror");
 	b.record_mail = mail_alloc(b.t, 0, NULL);
 	wanted_headers = mailbox_header_lookup_init(box, headers);
 	search = mailbox_search_init(b.t, args, NULL, MAIL_FETCH_FLAGS |
