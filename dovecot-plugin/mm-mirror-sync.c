@@ -42,6 +42,12 @@
 
 /* at most this many messages per mail.mirror_messages() call */
 #define MM_MIRROR_BATCH_SIZE 1000
+/* Folders kept open from the listing to their sync.  A Maildir's
+   mailbox_sync() reads new/ (and cur/ when it changed) under the uidlist's
+   lock; a delivery that finds it taken leaves its message unindexed for
+   the next sync: one per changed folder and sync, not two.  Bounded for
+   users with very many folders. */
+#define MM_MIRROR_KEEP_OPEN 64
 /* Records built from the mailbox go to mail.record_mailbox_messages() in
    arrays of at most this many (or this many bytes of JSON, plus one
    record): one call's fixed cost is several records' worth.  It holds
@@ -49,11 +55,6 @@
    Safe midway: an interrupted folder has no recorded state (after a reset)
    or an older one, so the next sync sends it again, and every upsert is
    absolute state. */
-/* Folders kept open from the listing to their sync.  A Maildir's
-   mailbox_sync() reads new/ (and cur/ when it changed) under the uidlist's
-   lock, which deliveries to that folder wait for: one per changed folder
-   and sync, not two.  Bounded for users with very many folders. */
-#define MM_MIRROR_KEEP_OPEN 64
 #define MM_MIRROR_RECORDS_PER_CALL 100
 #define MM_MIRROR_RECORDS_MAX_BYTES (4 * 1024 * 1024)
 /* A message the milter stamped (valid X-Mailmeta-ID) always gets the
