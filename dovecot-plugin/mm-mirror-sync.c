@@ -875,8 +875,11 @@ mm_mirror_sync_user(struct mm_mirror_db *db, struct mail_user *user,
 
 	if (ret == 0) {
 		array_foreach_elem(&folders, f) {
-			if (!forget && folder_unchanged(f))
+			if (!forget && folder_unchanged(f)) {
+				if (f->box != NULL)
+					mailbox_free(&f->box);
 				continue;
+			}
 			T_BEGIN {
 				ret = sync_folder(&sync, f, forget);
 			} T_END;
