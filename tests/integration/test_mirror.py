@@ -400,6 +400,34 @@ def test_folder_create_rename_delete_subscribe(stack, mailbox):
         m.logout()
 
 
+def test_more_folders_than_a_sync_keeps_open(stack, mailbox):
+    """A sync reads up to 64 changed folders through the views their
+    listing opened and opens the others again: both kinds are mirrored."""
+    user, pw = mailbox
+    names = [f"Box{i:02}" for i in range(70)]
+    m = stack.imap(user, pw)
+    try:
+        for name in names:
+            assert m.create(quoted(name))[0] == "OK"
+        for name in (names[0], names[-1]):
+            m.append(quoted(name), None, None, raw_message(f"in {name}"))
+        state = wait_mirror(stack, user, pw)
+        assert len(state) == 6 + len(names)
+        assert len(state[names[-1]]["messages"]) == 1
+
+        # every folder changed at once (the listing's order is the
+        # directory's: which ones are beyond the bound is not known)
+        assert m.select(quoted(names[-1]))[0] == "OK"
+        assert m.uid("STORE", "1:*", "+FLAGS", "(\\Flagged)")[0] == "OK"
+        for name in names:
+            m.append(quoted(name), "(\\Seen)", None, raw_message(f"second in {name}"))
+        state = wait_mirror(stack, user, pw)
+        assert len(state[names[-1]]["messages"]) == 2
+        assert all(len(state[name]["messages"]) >= 1 for name in names)
+    finally:
+        m.logout()
+
+
 def test_pop3_dele(stack, mailbox):
     user, pw = mailbox
     deliver(stack, user)
