@@ -537,29 +537,30 @@ for round in $(seq 1 "$ROUNDS"); do
 	log "round $round IMAP: without ${imap_base[-1]} ops/s, with $w ops/s (clients alone $d ops/s, mirror caught up $c s later; sync CPU: watcher $cw s, PostgreSQL $cp s)"
 done
 
-report() {	# name unit bases withs raws catches cpus per
-	local name=$1 unit=$2 base with raw catch cpu
+mean2() {	# "a b c" -> their mean, two decimals
+	tr ' ' '\n' <<<"$1" | awk '{ s += $1 } END { printf "%.2f\n", s / NR }'
+}
+
+report() {	# name unit bases withs raws catches cpus per [machine-bases machine-withs]
+	local name=$1 unit=$2 base with raw ratios
 	base=$(tr ' ' '\n' <<<"$3" | mean)
 	with=$(tr ' ' '\n' <<<"$4" | mean)
 	raw=$(tr ' ' '\n' <<<"$5" | mean)
-	catch=$(tr ' ' '\n' <<<"$6" | awk '{ s += $1 } END { printf "%.2f\n", s / NR }')
-	cpu=$(tr ' ' '\n' <<<"$7" | awk '{ s += $1 } END { printf "%.2f\n", s / NR }')
 	printf '%s: without plugin %s %s (%s), with plugin + mirror %s %s (%s), ratio %s\n' \
 		"$name" "$base" "$unit" "$3" "$with" "$unit" "$4" "$(echo "scale=3; $with / $base" | bc)"
 	# each round's pair ran back to back: its ratio is the least
 	# disturbed by what the machine does between rounds
-	printf '  ratio per round: %s, median %s\n' \
-		"$(paste -d/ <(tr ' ' '\n' <<<"$4") <(tr ' ' '\n' <<<"$3") |
-			awk -F/ '{ printf "%s%.3f", (NR > 1 ? " " : ""), $1 / $2 }')" \
-		"$(paste -d/ <(tr ' ' '\n' <<<"$4") <(tr ' ' '\n' <<<"$3") |
-			awk -F/ '{ print $1 / $2 }' | sort -n |
+	ratios=$(paste -d/ <(tr ' ' '\n' <<<"$4") <(tr ' ' '\n' <<<"$3") |
+		awk -F/ '{ printf "%.3f\n", $1 / $2 }')
+	printf '  ratio per round: %s, median %s\n' "$(paste -sd' ' <<<"$ratios")" \
+		"$(sort -n <<<"$ratios" |
 			awk '{ v[NR] = $1 } END { printf "%.3f\n", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
 	printf '  with plugin, clients alone %s %s (ratio %s); mirror caught up %s s after the last client (%s)\n' \
-		"$raw" "$unit" "$(echo "scale=3; $raw / $base" | bc)" "$catch" "$6"
-	printf '  sync CPU (watcher + its PostgreSQL backend) %s ms per %s (%s)\n' "$cpu" "$8" "$7"
+		"$raw" "$unit" "$(echo "scale=3; $raw / $base" | bc)" "$(mean2 "$6")" "$6"
+	printf '  sync CPU (watcher + its PostgreSQL backend) %s ms per %s (%s)\n' "$(mean2 "$7")" "$8" "$7"
 	[ -n "${9:-}" ] || return 0
-	base=$(tr ' ' '\n' <<<"$9" | awk '{ s += $1 } END { printf "%.2f\n", s / NR }')
-	with=$(tr ' ' '\n' <<<"${10}" | awk '{ s += $1 } END { printf "%.2f\n", s / NR }')
+	base=$(mean2 "$9")
+	with=$(mean2 "${10}")
 	printf '  machine CPU per %s: without %s ms (%s), with %s ms (%s), ratio without/with %s\n' \
 		"$8" "$base" "$9" "$with" "${10}" "$(echo "scale=3; $base / $with" | bc)"
 }
