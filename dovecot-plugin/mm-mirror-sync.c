@@ -224,9 +224,8 @@ list_folders(struct mm_sync *sync, ARRAY_TYPE(mm_folder) *folders,
 	struct mailbox_list_iterate_context *iter;
 	const struct mailbox_info *info;
 	HASH_TABLE(const char *, struct mm_folder *) seen;
-	int ret = 0;
-
 	unsigned int kept_open = 0;
+	int ret = 0;
 
 	hash_table_create(&seen, sync->pool, 0, str_hash, strcmp);
 	iter = mailbox_list_iter_init_namespaces(sync->user->namespaces,
