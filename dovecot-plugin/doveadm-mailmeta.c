@@ -13,8 +13,10 @@
  *	mailmeta_spool_dir       where the mail plugin leaves dirty marks
  *	mailmeta_check_interval  drift check period of `watch` (default 10 min,
  *	                         0 disables it)
- *	mailmeta_sync_delay      how long `watch` lets marks gather before a
- *	                         round of syncs (default 250 ms)
+ *	mailmeta_sync_delay      how long a user's changes must pause before
+ *	                         `watch` syncs them (default 250 ms)
+ *	mailmeta_sync_max_delay  how long a change waits at most while its
+ *	                         user keeps changing (default 2 s)
  *	mailmeta_stamped_grace   how long a message the milter stamped waits
  *	                         for the milter's record before one is built
  *	                         from the mailbox (default 1 hour)
@@ -39,6 +41,7 @@
 
 #define MAILMETA_DEFAULT_CHECK_INTERVAL "10 min"
 #define MAILMETA_DEFAULT_SYNC_DELAY "250 ms"
+#define MAILMETA_DEFAULT_SYNC_MAX_DELAY "2 s"
 /* the mirror may lag by this much: more is a typo, not a choice */
 #define MAILMETA_MAX_SYNC_DELAY_MSECS 60000
 
@@ -145,11 +148,31 @@ cmd_mailmeta_resync_alloc(void)
 	return cmd_mailmeta_alloc(TRUE);
 }
 
+/* A delay setting (msecs): 0 to a minute.  -1 logged when invalid. */
+static int
+watch_delay_setting(const char *name, const char *default_value,
+		    unsigned int *msecs_r)
+{
+	const char *value = doveadm_plugin_getenv(name), *error;
+
+	if (value == NULL || value[0] == '\0')
+		value = default_value;
+	if (settings_get_time_msecs(value, msecs_r, &error) < 0) {
+		i_error("mailmeta: invalid %s '%s': %s", name, value, error);
+		return -1;
+	}
+	if (*msecs_r > MAILMETA_MAX_SYNC_DELAY_MSECS) {
+		i_error("mailmeta: %s '%s' is over a minute", name, value);
+		return -1;
+	}
+	return 0;
+}
+
 static void
 cmd_mailmeta_watch(struct doveadm_cmd_context *cctx ATTR_UNUSED)
 {
 	struct mm_mirror_watch_settings set;
-	const char *interval, *delay, *error;
+	const char *interval, *error;
 
 	i_zero(&set);
 	set.spool_dir = doveadm_plugin_getenv("mailmeta_spool_dir");
@@ -157,9 +180,6 @@ cmd_mailmeta_watch(struct doveadm_cmd_context *cctx ATTR_UNUSED)
 	interval = doveadm_plugin_getenv("mailmeta_check_interval");
 	if (interval == NULL || interval[0] == '\0')
 		interval = MAILMETA_DEFAULT_CHECK_INTERVAL;
-	delay = doveadm_plugin_getenv("mailmeta_sync_delay");
-	if (delay == NULL || delay[0] == '\0')
-		delay = MAILMETA_DEFAULT_SYNC_DELAY;
 
 	if (set.spool_dir == NULL || set.spool_dir[0] != '/') {
 		i_error("mailmeta: mailmeta_spool_dir must be set to an "
@@ -178,15 +198,12 @@ cmd_mailmeta_watch(struct doveadm_cmd_context *cctx ATTR_UNUSED)
 		doveadm_exit_code = EX_CONFIG;
 		return;
 	}
-	if (settings_get_time_msecs(delay, &set.sync_delay_msecs, &error) < 0) {
-		i_error("mailmeta: invalid mailmeta_sync_delay '%s': %s",
-			delay, error);
-		doveadm_exit_code = EX_CONFIG;
-		return;
-	}
-	if (set.sync_delay_msecs > MAILMETA_MAX_SYNC_DELAY_MSECS) {
-		i_error("mailmeta: mailmeta_sync_delay '%s' is over a minute",
-			delay);
+	if (watch_delay_setting("mailmeta_sync_delay",
+				MAILMETA_DEFAULT_SYNC_DELAY,
+				&set.sync_delay_msecs) < 0 ||
+	    watch_delay_setting("mailmeta_sync_max_delay",
+				MAILMETA_DEFAULT_SYNC_MAX_DELAY,
+				&set.sync_max_delay_msecs) < 0) {
 		doveadm_exit_code = EX_CONFIG;
 		return;
 	}

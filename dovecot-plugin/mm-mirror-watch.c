@@ -25,6 +25,7 @@
 
 #include "mailmeta-spool.h"
 #include "mm-mirror-db.h"
+#include "mm-mirror-pending.h"
 #include "mm-mirror-sync.h"
 #include "mm-mirror-watch.h"
 
@@ -36,7 +37,10 @@ struct mm_watch {
 	char *claim_dir;
 	struct mm_mirror_db *db;
 	struct mail_storage_service_ctx *storage;
+	struct mm_pending *pending;
 	int inotify_fd;
+	/* the event queue overflowed: names were lost, look at the spool */
+	bool rescan;
 	unsigned int term_counter;
 	unsigned int backoff_secs;
 	time_t next_check;
@@ -48,14 +52,20 @@ watch_stopping(const struct mm_watch *w)
 	return signal_term_counter != w->term_counter;
 }
 
-static time_t
-monotonic_secs(void)
+static uint64_t
+monotonic_msecs(void)
 {
 	struct timespec ts;
 
 	if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
 		i_fatal("clock_gettime(CLOCK_MONOTONIC) failed: %m");
-	return ts.tv_sec;
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static time_t
+monotonic_secs(void)
+{
+	return (time_t)(monotonic_msecs() / 1000);
 }
 
 /* Opens one user and syncs it. */
@@ -158,7 +168,28 @@ read_names(const char *dir, ARRAY_TYPE(const_string) *names)
 	return 0;
 }
 
-/* One pass over the marks.  Returns 0 when every sync succeeded. */
+/* Events for names that have no mark (it was claimed already) would keep
+   the watcher waking up for nothing: a due name without a mark is
+   dropped.  A mark made since the spool was read stays due. */
+static void
+forget_unmarked(struct mm_watch *w)
+{
+	ARRAY_TYPE(const_string) due;
+	const char *name;
+	struct stat st;
+
+	t_array_init(&due, 8);
+	mm_pending_get_due(w->pending, monotonic_msecs(), &due);
+	array_foreach_elem(&due, name) {
+		const char *spool = t_strconcat(w->set->spool_dir, "/", name,
+						NULL);
+		if (lstat(spool, &st) < 0 && errno == ENOENT)
+			mm_pending_forget(w->pending, name);
+	}
+}
+
+/* One pass over the marks: syncs the users that are due
+   (mm-mirror-pending.h).  Returns 0 when every sync succeeded. */
 static int
 process_spool(struct mm_watch *w)
 {
@@ -167,6 +198,7 @@ process_spool(struct mm_watch *w)
 	char user[MAILMETA_SPOOL_NAME_SIZE];
 	int ret = 0;
 
+	w->rescan = FALSE;
 	t_array_init(&names, 32);
 	if (read_names(w->set->spool_dir, &names) < 0)
 		return -1;
@@ -179,8 +211,16 @@ process_spool(struct mm_watch *w)
 				  spool);
 			if (unlink(spool) < 0 && errno != ENOENT)
 				i_error("mailmeta: unlink(%s) failed: %m", spool);
+			mm_pending_forget(w->pending, name);
 			continue;
 		}
+		/* a sync takes a while: the clock is read for each mark */
+		uint64_t now = monotonic_msecs();
+		mm_pending_found(w->pending, name, now);
+		if (!mm_pending_is_due(w->pending, name, now))
+			continue;
+		/* changes seen from here on belong to the next sync */
+		mm_pending_forget(w->pending, name);
 		if (rename(spool, claim) < 0) {
 			if (errno != ENOENT) {
 				i_error("mailmeta: rename(%s, %s) failed: %m",
@@ -203,6 +243,7 @@ process_spool(struct mm_watch *w)
 		if (result == MM_MIRROR_DB_DOWN)
 			break;	/* the others would fail the same way */
 	}
+	forget_unmarked(w);
 	return ret;
 }
 
@@ -237,53 +278,77 @@ check_all_users(struct mm_watch *w)
 	return failed;
 }
 
-/* Lets the marks of a burst of changes gather before a round: one sync
-   then covers them all.  A signal cuts it short. */
+/* Reads the queued inotify events: each names a mark that was created,
+   put back or opened by the mail plugin, i.e. a change of that user.  An
+   overflowed queue lost names: a pass over the spool finds their marks. */
 static void
-watch_collect_marks(const struct mm_watch *w)
+watch_read_events(struct mm_watch *w)
 {
-	if (w->set->sync_delay_msecs > 0 && !watch_stopping(w))
-		(void)poll(NULL, 0, (int)w->set->sync_delay_msecs);
+	_Alignas(struct inotify_event) char buf[4096];
+	ssize_t len;
+
+	while ((len = read(w->inotify_fd, buf, sizeof(buf))) > 0) {
+		uint64_t now = monotonic_msecs();
+
+		for (ssize_t pos = 0; pos < len; ) {
+			const struct inotify_event *ev =
+				(const struct inotify_event *)(buf + pos);
+
+			pos += (ssize_t)(sizeof(*ev) + ev->len);
+			if ((ev->mask & IN_Q_OVERFLOW) != 0)
+				w->rescan = TRUE;
+			/* len 0: the spool itself; dot names: the
+			   watcher's own */
+			if (ev->len > 0 && ev->name[0] != '\0' &&
+			    ev->name[0] != '.')
+				mm_pending_touch(w->pending, ev->name, now);
+		}
+	}
 }
 
-/* Sleeps until a mark may be waiting, the drift check is due, or a signal
-   ends us; while backing off, marks do not wake us early. */
+/* Sleeps until a user is due to be synced, the drift check is due, or a
+   signal ends us; while backing off, marks do not wake us early. */
 static void
 watch_wait(struct mm_watch *w)
 {
-	time_t now = monotonic_secs(), deadline;
+	uint64_t now = monotonic_msecs(), deadline;
 	struct pollfd pfd;
-	char buf[4096];
 
-	deadline = w->set->check_interval_secs == 0 ? now + 3600 :
-		w->next_check;
+	deadline = w->set->check_interval_secs == 0 ? now + 3600 * 1000 :
+		(uint64_t)w->next_check * 1000;
 	/* after a failed sync, wait the back-off out even when the drift
 	   check is overdue (it is skipped while syncs fail): else a sync that
 	   keeps failing would be retried in a busy loop */
 	if (w->backoff_secs > 0)
-		deadline = now + w->backoff_secs;
-	while (!watch_stopping(w) && (now = monotonic_secs()) < deadline) {
-		int timeout = (int)(deadline - now) * 1000;
+		deadline = now + w->backoff_secs * 1000;
+	while (!watch_stopping(w) && (now = monotonic_msecs()) < deadline) {
+		uint64_t wake = deadline;
 
-		pfd.fd = w->inotify_fd;
-		pfd.events = POLLIN;
-		pfd.revents = 0;
+		if (w->backoff_secs == 0) {
+			unsigned int next = mm_pending_next_due(w->pending, now);
+
+			if (next == 0 || w->rescan)
+				return;
+			if (next != UINT_MAX)
+				wake = I_MIN(wake, now + next);
+		}
+		int timeout = (int)I_MIN(wake - now, (uint64_t)INT_MAX);
+
 		if (w->inotify_fd == -1) {
+			/* no events: look at the spool every poll interval */
 			if (w->backoff_secs == 0 && timeout > MM_WATCH_POLL_MSECS)
 				timeout = MM_WATCH_POLL_MSECS;
 			(void)poll(NULL, 0, timeout);
 			if (w->backoff_secs == 0)
-				return;	/* the poll was the delay */
+				return;
 			continue;
 		}
-		if (poll(&pfd, 1, timeout) <= 0)
-			continue;	/* timeout or a signal: look again */
-		/* drain; the events only say "look at the spool" */
-		while (read(w->inotify_fd, buf, sizeof(buf)) > 0) ;
-		if (w->backoff_secs == 0) {
-			watch_collect_marks(w);
-			return;
-		}
+		pfd.fd = w->inotify_fd;
+		pfd.events = POLLIN;
+		pfd.revents = 0;
+		if (poll(&pfd, 1, timeout) > 0)
+			watch_read_events(w);
+		/* else a timeout or a signal: look again */
 	}
 }
 
@@ -321,7 +386,8 @@ watch_init_spool(struct mm_watch *w)
 		i_warning("mailmeta: inotify_init1() failed: %m; "
 			  "polling the spool every second");
 	} else if (inotify_add_watch(w->inotify_fd, w->set->spool_dir,
-				     IN_CREATE | IN_MOVED_TO | IN_ATTRIB) < 0) {
+				     IN_CREATE | IN_MOVED_TO | IN_ATTRIB |
+				     IN_OPEN) < 0) {
 		i_warning("mailmeta: inotify_add_watch(%s) failed: %m; "
 			  "polling the spool every second", w->set->spool_dir);
 		i_close_fd(&w->inotify_fd);
@@ -347,13 +413,17 @@ mm_mirror_watch_run(const struct mm_mirror_watch_settings *set)
 		i_free(w.claim_dir);
 		return -1;
 	}
+	w.pending = mm_pending_init(set->sync_delay_msecs,
+				    set->sync_max_delay_msecs);
 	w.db = mm_mirror_db_new(set->dsn);
 	w.storage = mail_storage_service_init(master_service, NULL,
 		MAIL_STORAGE_SERVICE_FLAG_USERDB_LOOKUP |
 		MAIL_STORAGE_SERVICE_FLAG_TEMP_PRIV_DROP |
 		MAIL_STORAGE_SERVICE_FLAG_NO_LOG_INIT);
-	i_info("mailmeta: watching %s (sync delay %u ms, drift check "
-	       "every %u s)", set->spool_dir, set->sync_delay_msecs,
+	i_info("mailmeta: watching %s (sync delay %u ms, at most %u ms, "
+	       "drift check every %u s)", set->spool_dir,
+	       set->sync_delay_msecs,
+	       I_MAX(set->sync_max_delay_msecs, set->sync_delay_msecs),
 	       set->check_interval_secs);
 
 	w.next_check = monotonic_secs();
@@ -386,6 +456,7 @@ mm_mirror_watch_run(const struct mm_mirror_watch_settings *set)
 	i_info("mailmeta: stopping");
 	mail_storage_service_deinit(&w.storage);
 	mm_mirror_db_free(&w.db);
+	mm_pending_deinit(&w.pending);
 	i_close_fd(&w.inotify_fd);
 	i_free(w.claim_dir);
 	return 0;

@@ -12,12 +12,16 @@
  * also syncs every user the userdb lists; a user whose folders agree with
  * the mirror costs one mail.mirror_folders() call, so this is the cheap
  * drift check that repairs lost marks and changes made behind Dovecot's
- * back.  A round of syncs starts sync_delay after the first mark that woke
- * the watcher: a user busy with many small changes (a client flagging one
- * message after another, a burst of deliveries) is then synced once for
- * all of them rather than once for each, which is what makes the mirror
- * cheap under load; the mirror lags by about that delay.  SIGTERM (or
- * SIGINT) ends it after the user being synced.
+ * back.  A user is synced once its changes have paused for sync_delay, or
+ * once its oldest unsynced change is sync_max_delay old
+ * (mm-mirror-pending.h): a user busy with many small changes (a client
+ * flagging one message after another, a flood of deliveries) is then
+ * synced once for all of them rather than once for each, which is what
+ * makes the mirror cheap under load; the mirror lags by sync_delay after a
+ * change, by at most sync_max_delay (plus one sync) under a steady stream.
+ * The mail plugin opens a user's mark at every change, so inotify's open
+ * events tell the watcher when a user is still busy.  SIGTERM (or SIGINT)
+ * ends it after the user being synced.
  */
 #ifndef MM_MIRROR_WATCH_H
 #define MM_MIRROR_WATCH_H
@@ -26,7 +30,8 @@ struct mm_mirror_watch_settings {
 	const char *spool_dir;
 	const char *dsn;
 	unsigned int check_interval_secs;	/* 0: no periodic drift check */
-	unsigned int sync_delay_msecs;		/* marks collected before a round */
+	unsigned int sync_delay_msecs;		/* quiet time before a sync */
+	unsigned int sync_max_delay_msecs;	/* longest wait of a change */
 };
 
 /* Runs until SIGTERM/SIGINT.  Returns 0, or -1 when it cannot start

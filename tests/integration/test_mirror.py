@@ -428,6 +428,48 @@ def test_more_folders_than_a_sync_keeps_open(stack, mailbox):
         m.logout()
 
 
+def watcher_syncs_since(stack, user, offset):
+    with open(os.path.join(stack.env["STACK_DIR"], "log", "mirror.log"), "rb") as f:
+        f.seek(offset)
+        lines = f.read().decode(errors="replace").splitlines()
+    return [line for line in lines if f"mailmeta: {user}: synced " in line]
+
+
+def test_a_steady_stream_of_changes_is_synced_in_batches(stack, mailbox):
+    """A client changing flags every few milliseconds never lets the user's
+    changes pause for mailmeta_sync_delay (250 ms): the watcher syncs the
+    user once per mailmeta_sync_max_delay (2 s) for all of them, not several
+    times a second, and once more when the changes stop."""
+    user, pw = mailbox
+    m = stack.imap(user, pw)
+    try:
+        uid = appenduid(m.append("INBOX", None, None, raw_message("flag me")))
+        wait_mirror(stack, user, pw)
+        wait_no_marks(stack, user)
+        log = os.path.join(stack.env["STACK_DIR"], "log", "mirror.log")
+        offset = os.path.getsize(log)
+        m.select("INBOX")
+        stores, started = 0, time.monotonic()
+        while time.monotonic() - started < 3.0:
+            op = "+FLAGS" if stores % 2 == 0 else "-FLAGS"
+            typ, _ = m.uid("STORE", str(uid), op, "(\\Flagged)")
+            assert typ == "OK"
+            stores += 1
+            time.sleep(0.02)
+        typ, _ = m.uid("STORE", str(uid), "+FLAGS", "(\\Seen \\Answered)")
+        assert typ == "OK"
+    finally:
+        m.logout()
+    state = wait_mirror(stack, user, pw)
+    assert "\\Answered" in state["INBOX"]["messages"][uid][0]
+    wait_no_marks(stack, user)
+    syncs = watcher_syncs_since(stack, user, offset)
+    # 3 s of changes: at most one sync per 2 s, the last one after the
+    # stream ended, and one of the stack's 30 s drift checks
+    assert stores >= 50
+    assert 1 <= len(syncs) <= 5, (stores, syncs)
+
+
 def test_pop3_dele(stack, mailbox):
     user, pw = mailbox
     deliver(stack, user)
