@@ -34,9 +34,11 @@
 # configuration meanwhile spoils a run (the bench then stops): do not run
 # it beside the integration tests.
 #
-# The mirror lags the mailboxes by the sync delay plus one sync (0.3-0.6
-# s here), which a "with" run's clock includes: the defaults make runs of
-# several seconds, so that this latency does not pass for throughput.
+# The mirror lags the mailboxes by the sync delay plus one sync after the
+# last change (0.2-0.6 s here; the last sync covers up to
+# mailmeta_sync_max_delay of changes, so up to 1.5 s for IMAP), which a
+# "with" run's clock includes: the defaults make runs of several seconds,
+# so that this latency does not pass for throughput.
 #
 # Without and with alternate ROUNDS times (noise on a shared machine is
 # large); both means, every run's figure and the ratio with/without are
