@@ -5,7 +5,8 @@
  * One entry per spool name with a change not yet synced: when the first
  * and the last change were seen.  The entries live in the system pool and
  * go when their user is synced, so the table holds no more than the marks
- * in the spool plus the names of events whose mark was already taken.
+ * in the spool plus the names of events whose mark was already taken.  A
+ * second table holds the users whose last sync failed, until one succeeds.
  */
 #include "lib.h"
 #include "array.h"
@@ -13,15 +14,24 @@
 
 #include "mm-mirror-pending.h"
 
+#define MM_PENDING_RETRY_FIRST_MSECS 1000
+#define MM_PENDING_RETRY_MAX_MSECS 30000
+
 struct mm_pending_user {
 	uint64_t first_seen;
 	uint64_t last_seen;
+};
+
+struct mm_pending_retry {
+	unsigned int failures;	/* in a row */
+	uint64_t retry_at;
 };
 
 struct mm_pending {
 	unsigned int quiet_msecs;
 	unsigned int max_msecs;
 	HASH_TABLE(char *, struct mm_pending_user *) users;
+	HASH_TABLE(char *, struct mm_pending_retry *) retries;
 };
 
 struct mm_pending *
@@ -34,6 +44,7 @@ mm_pending_init(unsigned int quiet_msecs, unsigned int max_msecs)
 	   time meaningless; the quiet time wins */
 	pending->max_msecs = I_MAX(max_msecs, quiet_msecs);
 	hash_table_create(&pending->users, default_pool, 0, str_hash, strcmp);
+	hash_table_create(&pending->retries, default_pool, 0, str_hash, strcmp);
 	return pending;
 }
 
@@ -53,6 +64,16 @@ mm_pending_deinit(struct mm_pending **_pending)
 	}
 	hash_table_iterate_deinit(&iter);
 	hash_table_destroy(&pending->users);
+
+	struct mm_pending_retry *retry;
+
+	iter = hash_table_iterate_init(pending->retries);
+	while (hash_table_iterate(iter, pending->retries, &name, &retry)) {
+		i_free(name);
+		i_free(retry);
+	}
+	hash_table_iterate_deinit(&iter);
+	hash_table_destroy(&pending->retries);
 	i_free(pending);
 }
 
@@ -96,13 +117,16 @@ mm_pending_found(struct mm_pending *pending, const char *name, uint64_t now)
 }
 
 static uint64_t
-pending_user_due_at(const struct mm_pending *pending,
+pending_user_due_at(const struct mm_pending *pending, const char *name,
 		    const struct mm_pending_user *user)
 {
 	uint64_t quiet = user->last_seen + pending->quiet_msecs;
 	uint64_t longest = user->first_seen + pending->max_msecs;
+	uint64_t due = I_MIN(quiet, longest);
+	const struct mm_pending_retry *retry =
+		hash_table_lookup(pending->retries, name);
 
-	return I_MIN(quiet, longest);
+	return retry == NULL ? due : I_MAX(due, retry->retry_at);
 }
 
 bool
@@ -112,7 +136,7 @@ mm_pending_is_due(const struct mm_pending *pending, const char *name,
 	const struct mm_pending_user *user =
 		hash_table_lookup(pending->users, name);
 
-	return user != NULL && pending_user_due_at(pending, user) <= now;
+	return user != NULL && pending_user_due_at(pending, name, user) <= now;
 }
 
 void
@@ -129,6 +153,36 @@ mm_pending_forget(struct mm_pending *pending, const char *name)
 }
 
 void
+mm_pending_failed(struct mm_pending *pending, const char *name, uint64_t now)
+{
+	struct mm_pending_retry *retry = hash_table_lookup(pending->retries, name);
+	unsigned int wait = MM_PENDING_RETRY_FIRST_MSECS;
+
+	if (retry == NULL) {
+		retry = i_new(struct mm_pending_retry, 1);
+		hash_table_insert(pending->retries, i_strdup(name), retry);
+	}
+	retry->failures++;
+	for (unsigned int i = 1; i < retry->failures &&
+		     wait < MM_PENDING_RETRY_MAX_MSECS; i++)
+		wait *= 2;
+	retry->retry_at = now + I_MIN(wait, MM_PENDING_RETRY_MAX_MSECS);
+}
+
+void
+mm_pending_succeeded(struct mm_pending *pending, const char *name)
+{
+	char *key;
+	struct mm_pending_retry *retry;
+
+	if (!hash_table_lookup_full(pending->retries, name, &key, &retry))
+		return;
+	hash_table_remove(pending->retries, name);
+	i_free(key);
+	i_free(retry);
+}
+
+void
 mm_pending_get_due(const struct mm_pending *pending, uint64_t now,
 		   ARRAY_TYPE(const_string) *names)
 {
@@ -138,7 +192,7 @@ mm_pending_get_due(const struct mm_pending *pending, uint64_t now,
 
 	iter = hash_table_iterate_init(pending->users);
 	while (hash_table_iterate(iter, pending->users, &name, &user)) {
-		if (pending_user_due_at(pending, user) <= now) {
+		if (pending_user_due_at(pending, name, user) <= now) {
 			const char *copy = t_strdup(name);
 			array_push_back(names, &copy);
 		}
@@ -156,20 +210,27 @@ mm_pending_next_due(const struct mm_pending *pending, uint64_t now)
 
 	iter = hash_table_iterate_init(pending->users);
 	while (hash_table_iterate(iter, pending->users, &name, &user))
-		next = I_MIN(next, pending_user_due_at(pending, user));
+		next = I_MIN(next, pending_user_due_at(pending, name, user));
 	hash_table_iterate_deinit(&iter);
 
 	if (next == UINT64_MAX)
 		return UINT_MAX;
 	if (next <= now)
 		return 0;
-	/* never further than the longest delay, whatever the callers' clock
-	   readings were */
-	return (unsigned int)I_MIN(next - now, (uint64_t)pending->max_msecs);
+	/* never further than the longest delay or back-off, whatever the
+	   callers' clock readings were */
+	return (unsigned int)I_MIN(next - now,
+		(uint64_t)I_MAX(pending->max_msecs, MM_PENDING_RETRY_MAX_MSECS));
 }
 
 unsigned int
 mm_pending_count(const struct mm_pending *pending)
 {
 	return hash_table_count(pending->users);
+}
+
+unsigned int
+mm_pending_failing_count(const struct mm_pending *pending)
+{
+	return hash_table_count(pending->retries);
 }

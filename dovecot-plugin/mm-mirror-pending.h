@@ -14,6 +14,11 @@
  * change meanwhile; a user who stops is synced one quiet time after the
  * last change, so the mirror still follows a quiet mailbox closely.
  *
+ * A user whose sync failed (its mailbox unreadable, a record the database
+ * refuses) waits a back-off of its own, doubling with each failure in a
+ * row from 1 s up to 30 s, however busy it is: one broken mailbox must
+ * not hold up the mirror of everybody else.
+ *
  * Names are spool names (mailmeta-spool.h); times are monotonic
  * milliseconds, passed in so that the rules can be tested.
  */
@@ -41,6 +46,11 @@ bool mm_pending_is_due(const struct mm_pending *pending, const char *name,
 		       uint64_t now);
 /* name is being synced: changes seen from now on are the next sync's. */
 void mm_pending_forget(struct mm_pending *pending, const char *name);
+/* name's sync failed at now: its next one waits the back-off. */
+void mm_pending_failed(struct mm_pending *pending, const char *name,
+		       uint64_t now);
+/* name's sync succeeded: no back-off any more. */
+void mm_pending_succeeded(struct mm_pending *pending, const char *name);
 /* The names due at now, allocated from the data stack. */
 void mm_pending_get_due(const struct mm_pending *pending, uint64_t now,
 			ARRAY_TYPE(const_string) *names);
@@ -48,6 +58,8 @@ void mm_pending_get_due(const struct mm_pending *pending, uint64_t now,
    UINT_MAX when nothing is pending. */
 unsigned int mm_pending_next_due(const struct mm_pending *pending,
 				 uint64_t now);
+/* Users with changes not yet synced; users in back-off. */
 unsigned int mm_pending_count(const struct mm_pending *pending);
+unsigned int mm_pending_failing_count(const struct mm_pending *pending);
 
 #endif

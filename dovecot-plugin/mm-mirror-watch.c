@@ -189,7 +189,8 @@ forget_unmarked(struct mm_watch *w)
 }
 
 /* One pass over the marks: syncs the users that are due
-   (mm-mirror-pending.h).  Returns 0 when every sync succeeded. */
+   (mm-mirror-pending.h).  Returns -1 when PostgreSQL is unreachable or the
+   spool unusable, which every user's sync would suffer from. */
 static int
 process_spool(struct mm_watch *w)
 {
@@ -234,26 +235,33 @@ process_spool(struct mm_watch *w)
 			result = watch_sync_user(w, user);
 		} T_END;
 		if (result == MM_MIRROR_OK || result == MM_MIRROR_NO_USER) {
+			mm_pending_succeeded(w->pending, name);
 			if (unlink(claim) < 0)
 				i_error("mailmeta: unlink(%s) failed: %m", claim);
 			continue;
 		}
 		put_back(w, name);
-		ret = -1;
-		if (result == MM_MIRROR_DB_DOWN)
-			break;	/* the others would fail the same way */
+		if (result == MM_MIRROR_DB_DOWN) {
+			/* the others would fail the same way: all back off */
+			ret = -1;
+			break;
+		}
+		/* this user's own problem: only this user backs off */
+		mm_pending_failed(w->pending, name, monotonic_msecs());
 	}
 	forget_unmarked(w);
 	return ret;
 }
 
-/* The drift check: every user the userdb lists.  0 when all synced. */
+/* The drift check: every user the userdb lists.  -1 when PostgreSQL is
+   unreachable or the users cannot be listed; a user whose sync fails is
+   looked at again by the next check (or sooner, by a mark). */
 static int
 check_all_users(struct mm_watch *w)
 {
 	const char *user;
 	unsigned int count = 0;
-	int ret, failed = 0;
+	int ret;
 
 	mail_storage_service_all_init_mask(w->storage, "");
 	while ((ret = mail_storage_service_all_next(w->storage, &user)) > 0) {
@@ -267,15 +275,13 @@ check_all_users(struct mm_watch *w)
 		} T_END;
 		if (result == MM_MIRROR_DB_DOWN)
 			return -1;
-		if (result == MM_MIRROR_FAILED)
-			failed = -1;
 	}
 	if (ret < 0) {
 		i_error("mailmeta: drift check: listing users failed");
 		return -1;
 	}
 	i_debug("mailmeta: drift check of %u users done", count);
-	return failed;
+	return 0;
 }
 
 /* Reads the queued inotify events: each names a mark that was created,

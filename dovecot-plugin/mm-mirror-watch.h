@@ -5,23 +5,26 @@
  * where inotify is unavailable), claims each mark by renaming it into
  * <spool>/.claimed/, syncs the user (mm-mirror-sync.h) and removes the
  * claim only after the sync committed.  When the sync fails the claim goes
- * back into the spool and the watcher backs off (1, 2, 4 ... up to 30 s)
- * before the next round, so a PostgreSQL outage costs nothing but time:
- * the marks wait on disk, bounded to one per user, and survive restarts
- * (claims left by a crash are put back at start).  Every check interval it
- * also syncs every user the userdb lists; a user whose folders agree with
- * the mirror costs one mail.mirror_folders() call, so this is the cheap
- * drift check that repairs lost marks and changes made behind Dovecot's
- * back.  A user is synced once its changes have paused for sync_delay, or
- * once its oldest unsynced change is sync_max_delay old
+ * back into the spool.  When PostgreSQL is unreachable the watcher backs
+ * off (1, 2, 4 ... up to 30 s) before the next round; when the failure is
+ * the user's own (a mailbox Dovecot cannot read, a record the database
+ * refuses) only that user waits such a back-off, so one broken mailbox does
+ * not hold up everybody's mirror.  A PostgreSQL outage costs nothing but
+ * time: the marks wait on disk, bounded to one per user, and survive
+ * restarts (claims left by a crash are put back at start).  Every check
+ * interval it also syncs every user the userdb lists; a user whose folders
+ * agree with the mirror costs one mail.mirror_folders() call, so this is
+ * the cheap drift check that repairs lost marks and changes made behind
+ * Dovecot's back.  A user is synced once its changes have paused for
+ * sync_delay, or once its oldest unsynced change is sync_max_delay old
  * (mm-mirror-pending.h): a user busy with many small changes (a client
- * flagging one message after another, a flood of deliveries) is then
- * synced once for all of them rather than once for each, which is what
- * makes the mirror cheap under load; the mirror lags by sync_delay after a
- * change, by at most sync_max_delay (plus one sync) under a steady stream.
- * The mail plugin opens a user's mark at every change, so inotify's open
- * events tell the watcher when a user is still busy.  SIGTERM (or SIGINT)
- * ends it after the user being synced.
+ * flagging one message after another, a flood of deliveries) is then synced
+ * once for all of them rather than once for each, which is what makes the
+ * mirror cheap under load; the mirror lags by sync_delay after a change, by
+ * at most sync_max_delay (plus one sync) under a steady stream.  The mail
+ * plugin opens a user's mark at every change, so inotify's open events tell
+ * the watcher when a user is still busy.  SIGTERM (or SIGINT) ends it after
+ * the user being synced.
  */
 #ifndef MM_MIRROR_WATCH_H
 #define MM_MIRROR_WATCH_H

@@ -3,7 +3,7 @@
  * a user is synced after its changes paused for the quiet time, or when
  * its oldest change has waited the longest delay, whichever comes first;
  * a mark found without an event waits the quiet time; a synced user starts
- * over.
+ * over; a user whose sync failed waits a back-off of its own.
  */
 #include "lib.h"
 #include "array.h"
@@ -112,10 +112,10 @@ test_next_due(void)
 	mm_pending_deinit(&p);
 
 	/* a clock reading from well before a change does not make a wait
-	   longer than the longest delay */
+	   longer than the longest back-off (30 s) */
 	p = mm_pending_init(QUIET, LONGEST);
-	mm_pending_touch(p, "gina", 9000);
-	test_assert(mm_pending_next_due(p, 0) == LONGEST);
+	mm_pending_touch(p, "gina", 90000);
+	test_assert(mm_pending_next_due(p, 0) == 30000);
 	mm_pending_deinit(&p);
 	test_end();
 }
@@ -160,6 +160,52 @@ test_many_users(void)
 	test_end();
 }
 
+static void
+test_failed_user_backs_off_alone(void)
+{
+	test_begin("failed user backs off alone");
+	struct mm_pending *p = mm_pending_init(QUIET, LONGEST);
+	uint64_t t = 10000;
+
+	/* 1 s, 2 s, 4 s ... after each failure in a row, up to 30 s */
+	static const unsigned int waits[] = {
+		1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000
+	};
+	for (unsigned int i = 0; i < N_ELEMENTS(waits); i++) {
+		mm_pending_touch(p, "broken", t);
+		mm_pending_touch(p, "fine", t);
+		test_assert_idx(mm_pending_is_due(p, "fine", t + QUIET), i);
+		mm_pending_forget(p, "fine");
+		test_assert_idx(mm_pending_is_due(p, "broken", t + QUIET), i);
+		mm_pending_forget(p, "broken");
+		mm_pending_failed(p, "broken", t + QUIET);
+		/* its mark is put back: a change, but the back-off rules */
+		mm_pending_touch(p, "broken", t + QUIET);
+		test_assert_idx(!mm_pending_is_due(p, "broken",
+						   t + QUIET + waits[i] - 1), i);
+		test_assert_idx(mm_pending_is_due(p, "broken",
+						  t + QUIET + waits[i]), i);
+		test_assert_idx(mm_pending_next_due(p, t + QUIET) == waits[i], i);
+		mm_pending_forget(p, "broken");
+		t += QUIET + waits[i];
+	}
+	test_assert(mm_pending_failing_count(p) == 1);
+
+	/* a success ends the back-off */
+	mm_pending_succeeded(p, "broken");
+	test_assert(mm_pending_failing_count(p) == 0);
+	mm_pending_touch(p, "broken", t);
+	test_assert(mm_pending_is_due(p, "broken", t + QUIET));
+	mm_pending_failed(p, "broken", t + QUIET);
+	mm_pending_touch(p, "broken", t + QUIET);
+	test_assert(!mm_pending_is_due(p, "broken", t + QUIET + 999));
+	test_assert(mm_pending_is_due(p, "broken", t + QUIET + 1000));
+	/* succeeding for a user never failed is harmless */
+	mm_pending_succeeded(p, "fine");
+	mm_pending_deinit(&p);
+	test_end();
+}
+
 int
 main(void)
 {
@@ -170,6 +216,7 @@ main(void)
 		test_next_due,
 		test_longest_below_quiet,
 		test_many_users,
+		test_failed_user_backs_off_alone,
 		NULL
 	};
 	return test_run(tests);
