@@ -470,6 +470,59 @@ def test_a_steady_stream_of_changes_is_synced_in_batches(stack, mailbox):
     assert 1 <= len(syncs) <= 5, (stores, syncs)
 
 
+def test_a_broken_mailbox_does_not_hold_up_the_others(stack, directory):
+    """A user whose sync keeps failing (here: a mail directory Dovecot may
+    not read) waits a back-off of its own, 1 s doubling up to 30 s; every
+    other user is mirrored as promptly as ever meanwhile, and the broken
+    one catches up once it is repaired."""
+    broken = directory.add_user("mirror" + uuid.uuid4().hex[:6])
+    other = directory.add_user("mirror" + uuid.uuid4().hex[:6])
+    for user in (broken, other):
+        m = stack.imap(user, directory.passwords[user])
+        try:
+            appenduid(m.append("INBOX", None, None, raw_message("before")))
+        finally:
+            m.logout()
+        wait_mirror(stack, user, directory.passwords[user])
+    maildir = os.path.join(stack.env["STACK_DIR"], "mail",
+                           broken.split("@")[1], broken.split("@")[0], "Maildir")
+    assert os.path.isdir(maildir)
+    log = os.path.join(stack.env["STACK_DIR"], "log", "mirror.log")
+    offset = os.path.getsize(log)
+    mode = os.stat(maildir).st_mode
+    os.chmod(maildir, 0)
+    try:
+        # a mark, as the mail plugin would leave it for a change
+        open(os.path.join(stack.env["MIRROR_SPOOL_DIR"],
+                          urllib.parse.quote(broken, safe="@._+-")), "a").close()
+        deadline = time.monotonic() + 20
+        failures = []
+        while len(failures) < 4:
+            assert time.monotonic() < deadline, "the broken user's sync never failed"
+            time.sleep(0.2)
+            with open(log, "rb") as f:
+                f.seek(offset)
+                failures = [line for line in f.read().decode(errors="replace").splitlines()
+                            if f"{broken}: sync failed, will retry" in line]
+        # four failures in a row: the broken user now waits 8 s, and a
+        # back-off of the whole watcher would be as long
+        pw = directory.passwords[other]
+        m = stack.imap(other, pw)
+        try:
+            appenduid(m.append("INBOX", None, None, raw_message("meanwhile")))
+        finally:
+            m.logout()
+        started = time.monotonic()
+        wait_no_marks(stack, other, timeout=10)
+        assert time.monotonic() - started < 4, "the other user waited for the broken one"
+        assert mirror_state(stack, other) == imap_state(stack, other, pw)
+    finally:
+        os.chmod(maildir, mode)
+    wait_no_marks(stack, broken, timeout=45)
+    pw = directory.passwords[broken]
+    assert mirror_state(stack, broken) == imap_state(stack, broken, pw)
+
+
 def test_pop3_dele(stack, mailbox):
     user, pw = mailbox
     deliver(stack, user)
