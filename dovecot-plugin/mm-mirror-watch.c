@@ -43,7 +43,7 @@ struct mm_watch {
 	bool rescan;
 	unsigned int term_counter;
 	unsigned int backoff_secs;
-	time_t next_check;
+	uint64_t next_check;	/* monotonic msecs */
 };
 
 static bool
@@ -60,12 +60,6 @@ monotonic_msecs(void)
 	if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
 		i_fatal("clock_gettime(CLOCK_MONOTONIC) failed: %m");
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static time_t
-monotonic_secs(void)
-{
-	return (time_t)(monotonic_msecs() / 1000);
 }
 
 /* Opens one user and syncs it. */
@@ -321,7 +315,7 @@ watch_wait(struct mm_watch *w)
 	struct pollfd pfd;
 
 	deadline = w->set->check_interval_secs == 0 ? now + 3600 * 1000 :
-		(uint64_t)w->next_check * 1000;
+		w->next_check;
 	/* after a failed sync, wait the back-off out even when the drift
 	   check is overdue (it is skipped while syncs fail): else a sync that
 	   keeps failing would be retried in a busy loop */
@@ -432,7 +426,7 @@ mm_mirror_watch_run(const struct mm_mirror_watch_settings *set)
 	       I_MAX(set->sync_max_delay_msecs, set->sync_delay_msecs),
 	       set->check_interval_secs);
 
-	w.next_check = monotonic_secs();
+	w.next_check = monotonic_msecs();
 	while (!watch_stopping(&w)) {
 		int failed;
 
@@ -441,9 +435,9 @@ mm_mirror_watch_run(const struct mm_mirror_watch_settings *set)
 			failed = process_spool(&w);
 		} T_END;
 		if (failed == 0 && set->check_interval_secs > 0 &&
-		    !watch_stopping(&w) && monotonic_secs() >= w.next_check) {
-			w.next_check = monotonic_secs() +
-				set->check_interval_secs;
+		    !watch_stopping(&w) && monotonic_msecs() >= w.next_check) {
+			w.next_check = monotonic_msecs() +
+				(uint64_t)set->check_interval_secs * 1000;
 			T_BEGIN {
 				failed = check_all_users(&w);
 			} T_END;
