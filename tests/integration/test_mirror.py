@@ -428,11 +428,22 @@ def test_more_folders_than_a_sync_keeps_open(stack, mailbox):
         m.logout()
 
 
-def watcher_syncs_since(stack, user, offset):
-    with open(os.path.join(stack.env["STACK_DIR"], "log", "mirror.log"), "rb") as f:
+def log_offset(stack, name):
+    try:
+        return os.path.getsize(os.path.join(stack.env["STACK_DIR"], "log", name))
+    except OSError:
+        return 0
+
+
+def log_since(stack, name, offset):
+    with open(os.path.join(stack.env["STACK_DIR"], "log", name), "rb") as f:
         f.seek(offset)
-        lines = f.read().decode(errors="replace").splitlines()
-    return [line for line in lines if f"mailmeta: {user}: synced " in line]
+        return f.read().decode(errors="replace").splitlines()
+
+
+def mirror_log_since(stack, offset, text):
+    """The watcher's log lines since offset that contain text."""
+    return [line for line in log_since(stack, "mirror.log", offset) if text in line]
 
 
 def test_a_steady_stream_of_changes_is_synced_in_batches(stack, mailbox):
@@ -446,8 +457,7 @@ def test_a_steady_stream_of_changes_is_synced_in_batches(stack, mailbox):
         uid = appenduid(m.append("INBOX", None, None, raw_message("flag me")))
         wait_mirror(stack, user, pw)
         wait_no_marks(stack, user)
-        log = os.path.join(stack.env["STACK_DIR"], "log", "mirror.log")
-        offset = os.path.getsize(log)
+        offset = log_offset(stack, "mirror.log")
         m.select("INBOX")
         stores, started = 0, time.monotonic()
         while time.monotonic() - started < 3.0:
@@ -463,7 +473,7 @@ def test_a_steady_stream_of_changes_is_synced_in_batches(stack, mailbox):
     state = wait_mirror(stack, user, pw)
     assert "\\Answered" in state["INBOX"]["messages"][uid][0]
     wait_no_marks(stack, user)
-    syncs = watcher_syncs_since(stack, user, offset)
+    syncs = mirror_log_since(stack, offset, f"mailmeta: {user}: synced ")
     # 3 s of changes: at most one sync per 2 s, the last one after the
     # stream ended, and one of the stack's 30 s drift checks
     assert stores >= 50
@@ -487,23 +497,18 @@ def test_a_broken_mailbox_does_not_hold_up_the_others(stack, directory):
     maildir = os.path.join(stack.env["STACK_DIR"], "mail",
                            broken.split("@")[1], broken.split("@")[0], "Maildir")
     assert os.path.isdir(maildir)
-    log = os.path.join(stack.env["STACK_DIR"], "log", "mirror.log")
-    offset = os.path.getsize(log)
+    offset = log_offset(stack, "mirror.log")
     mode = os.stat(maildir).st_mode
     os.chmod(maildir, 0)
     try:
         # a mark, as the mail plugin would leave it for a change
-        open(os.path.join(stack.env["MIRROR_SPOOL_DIR"],
-                          urllib.parse.quote(broken, safe="@._+-")), "a").close()
+        open(mark_path(stack, broken), "a").close()
         deadline = time.monotonic() + 20
         failures = []
         while len(failures) < 4:
             assert time.monotonic() < deadline, "the broken user's sync never failed"
             time.sleep(0.2)
-            with open(log, "rb") as f:
-                f.seek(offset)
-                failures = [line for line in f.read().decode(errors="replace").splitlines()
-                            if f"{broken}: sync failed, will retry" in line]
+            failures = mirror_log_since(stack, offset, f"{broken}: sync failed, will retry")
         # four failures in a row: the broken user now waits 8 s, and a
         # back-off of the whole watcher would be as long
         pw = directory.passwords[other]
@@ -660,11 +665,16 @@ def test_resync_rebuilds_a_forgotten_mirror_exactly(stack, mailbox):
     assert snapshot(stack, user) == before
 
 
-def spool_marks(stack, user):
-    name = urllib.parse.quote(user, safe="@._+-")
+def mark_path(stack, user, claimed=False):
+    """Where the mail plugin leaves the user's mark (or the watcher's claim)."""
     spool = stack.env["MIRROR_SPOOL_DIR"]
-    return [p for p in (os.path.join(spool, name),
-                        os.path.join(spool, ".claimed", name)) if os.path.exists(p)]
+    return os.path.join(spool, *([".claimed"] if claimed else []),
+                        urllib.parse.quote(user, safe="@._+-"))
+
+
+def spool_marks(stack, user):
+    return [p for p in (mark_path(stack, user), mark_path(stack, user, claimed=True))
+            if os.path.exists(p)]
 
 
 def wait_no_marks(stack, user, timeout=10.0):

@@ -48,8 +48,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from test_mirror import (SPECIAL_USE, doveadm, parse_list, pg_ctl, quoted,
-                         snapshot, spool_marks, uuid8, wait_for_login)
+from test_mirror import (SPECIAL_USE, doveadm, log_offset, log_since, parse_list,
+                         pg_ctl, quoted, snapshot, spool_marks, uuid8, wait_for_login)
 
 STEPS = int(os.environ.get("MAILMETA_MODEL_STEPS") or 400)
 CONVERGE_TIMEOUT = 60.0
@@ -892,19 +892,6 @@ def wait_deliveries(stack, run, timeout=120):
                                     "-i", qid], capture_output=True)
             last_flush = time.monotonic()
         time.sleep(0.3)
-
-
-def log_offset(stack, name):
-    try:
-        return os.path.getsize(os.path.join(stack.env["STACK_DIR"], "log", name))
-    except OSError:
-        return 0
-
-
-def log_since(stack, name, offset):
-    with open(os.path.join(stack.env["STACK_DIR"], "log", name), "rb") as f:
-        f.seek(offset)
-        return f.read().decode(errors="replace").splitlines()
 
 
 DB_AWAY = re.compile(r"connect|server closed|terminating|shutting down|starting up|"
