@@ -80,6 +80,14 @@ watch_sync_user(struct mm_watch *w, const char *username)
 	ret = mail_storage_service_lookup_next(w->storage, &input,
 					       &service_user, &user, &error);
 	if (ret < 0) {
+		/* The auth process ended (a reload restarts it): the first
+		   lookup fails on the old connection ("Broken pipe"), and
+		   the next one connects again. */
+		ret = mail_storage_service_lookup_next(w->storage, &input,
+						       &service_user, &user,
+						       &error);
+	}
+	if (ret < 0) {
 		i_error("mailmeta: %s: %s", username, error);
 		return MM_MIRROR_FAILED;
 	}
@@ -247,14 +255,12 @@ process_spool(struct mm_watch *w)
 	return ret;
 }
 
-/* The drift check: every user the userdb lists.  -1 when PostgreSQL is
-   unreachable or the users cannot be listed; a user whose sync fails is
-   looked at again by the next check (or sooner, by a mark). */
+/* Syncs every user the userdb lists, counting them in *count: 0 done (or
+   stopping), 1 PostgreSQL is unreachable, -1 the listing failed. */
 static int
-check_all_users(struct mm_watch *w)
+check_listed_users(struct mm_watch *w, unsigned int *count)
 {
 	const char *user;
-	unsigned int count = 0;
 	int ret;
 
 	mail_storage_service_all_init_mask(w->storage, "");
@@ -263,17 +269,37 @@ check_all_users(struct mm_watch *w)
 
 		if (watch_stopping(w))
 			return 0;
-		count++;
+		(*count)++;
 		T_BEGIN {
 			result = watch_sync_user(w, t_strdup(user));
 		} T_END;
 		if (result == MM_MIRROR_DB_DOWN)
-			return -1;
+			return 1;
+	}
+	return ret;
+}
+
+/* The drift check: every user the userdb lists.  -1 when PostgreSQL is
+   unreachable or the users cannot be listed; a user whose sync fails is
+   looked at again by the next check (or sooner, by a mark). */
+static int
+check_all_users(struct mm_watch *w)
+{
+	unsigned int count = 0;
+	int ret;
+
+	ret = check_listed_users(w, &count);
+	if (ret < 0 && count == 0) {
+		/* the connection to an auth process that has ended (see
+		   watch_sync_user()): the next listing connects again */
+		ret = check_listed_users(w, &count);
 	}
 	if (ret < 0) {
 		i_error("mailmeta: drift check: listing users failed");
 		return -1;
 	}
+	if (ret > 0)
+		return -1;	/* PostgreSQL is down */
 	i_debug("mailmeta: drift check of %u users done", count);
 	return 0;
 }

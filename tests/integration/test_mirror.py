@@ -13,6 +13,7 @@ import glob
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import time
 import urllib.parse
@@ -528,6 +529,61 @@ def test_a_broken_mailbox_does_not_hold_up_the_others(stack, directory):
     assert mirror_state(stack, broken) == imap_state(stack, broken, pw)
 
 
+def stack_auth_pids(stack):
+    """Dovecot's auth processes of the stack (children of its master)."""
+    with open(os.path.join(stack.env["STACK_DIR"], "run", "dovecot", "master.pid")) as f:
+        master = f.read().strip()
+    pids = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(stat[:-4] + "comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if comm == "auth" and fields[1] == master:
+            pids.append(int(stat.split("/")[2]))
+    return pids
+
+
+def test_a_new_auth_process_costs_the_mirror_no_retry(stack, mailbox):
+    """Dovecot's auth process ends (a reload, a crash) and the master starts
+    another: the watcher's connection to the old one is broken, and its
+    next user lookup must connect again at once, not fail the user's sync
+    ("Broken pipe") and leave the change to a back-off."""
+    user, pw = mailbox
+    m = stack.imap(user, pw)
+    try:
+        appenduid(m.append("INBOX", None, None, raw_message("before")))
+    finally:
+        m.logout()
+    wait_mirror(stack, user, pw)    # the watcher has looked the user up
+    offset = log_offset(stack, "mirror.log")
+    pids = stack_auth_pids(stack)
+    assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while True:     # a new auth process answers logins
+        try:
+            m = stack.imap(user, pw)
+            break
+        except Exception:
+            assert time.monotonic() < deadline, "no IMAP login after auth ended"
+            time.sleep(0.2)
+    try:
+        appenduid(m.append("INBOX", None, None, raw_message("after")))
+    finally:
+        m.logout()
+    wait_mirror(stack, user, pw)
+    # Dovecot's auth client logs the broken connection itself; the sync
+    # must not fail
+    errors = [line for line in log_since(stack, "mirror.log", offset)
+              if "Error: mailmeta:" in line]
+    assert not errors
+
+
 def test_pop3_dele(stack, mailbox):
     user, pw = mailbox
     deliver(stack, user)
@@ -687,12 +743,17 @@ def wait_no_marks(stack, user, timeout=10.0):
 def test_drift_behind_the_plugins_back_is_repaired(stack, mailbox):
     """A change the mail plugin never saw (here: doveadm without it) leaves
     no mark; the watcher's periodic check (30 s in the stack) finds the
-    folder's HIGHESTMODSEQ ahead of the mirror and syncs it."""
+    folder's HIGHESTMODSEQ ahead of the mirror and syncs it — though
+    Dovecot's auth process, which lists the users, ended meanwhile."""
     user, pw = mailbox
     msg = deliver(stack, user)
     stack.wait_for_imap(user, pw, msg["Subject"])
     wait_mirror(stack, user, pw)
     wait_no_marks(stack, user)
+    offset = log_offset(stack, "mirror.log")
+    for pid in stack_auth_pids(stack):
+        os.kill(pid, signal.SIGTERM)
+    wait_for_login(stack, user, pw)
     r = doveadm(stack, "flags", "add", "-u", user, "\\Flagged", "mailbox",
                 "INBOX", "all", plain=True, options=("-o", "mail_plugins=quota"))
     assert r.returncode == 0, r.stderr
@@ -700,6 +761,7 @@ def test_drift_behind_the_plugins_back_is_repaired(stack, mailbox):
     state = imap_state(stack, user, pw)
     assert all("\\Flagged" in f for f, _ in state["INBOX"]["messages"].values())
     wait_mirror(stack, user, pw, timeout=75)
+    assert not mirror_log_since(stack, offset, "listing users failed")
 
     # `sync -u` also finds and repairs it at once
     r = doveadm(stack, "flags", "remove", "-u", user, "\\Flagged", "mailbox",
