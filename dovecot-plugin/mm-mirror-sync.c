@@ -100,6 +100,12 @@ struct mm_sync {
 	const char *error;		/* in pool */
 };
 
+/* An upsert whose mailmeta_id batch_fill_ids() asks the mirror for. */
+struct mm_id_wanted {
+	uint32_t uid;
+	size_t index;		/* in the batch's upsert array */
+};
+
 /* One folder's messages on their way to mail.mirror_messages(). */
 struct mm_batch {
 	struct mm_sync *sync;
@@ -109,7 +115,11 @@ struct mm_batch {
 	uint32_t uidvalidity;
 	bool reset;			/* the next batch starts with a reset */
 	bool sent_any;
+	/* UIDs below this were in the mirror at its last sync: their ids
+	   come from the mirror (0: none) */
+	uint32_t known_below;
 	json_t *upsert, *expunge;
+	ARRAY(struct mm_id_wanted) ids_wanted;
 	unsigned int count;
 };
 
@@ -423,6 +433,7 @@ batch_reset_lists(struct mm_batch *b)
 	json_decref(b->expunge);
 	b->upsert = json_array();
 	b->expunge = json_array();
+	array_clear(&b->ids_wanted);
 	b->count = 0;
 }
 
@@ -519,6 +530,95 @@ record_message(struct mm_batch *b, uint32_t uid, const char *mailmeta_id)
 	return ret;
 }
 
+/* Reads the mailmeta_id of the message under UID into entry; returns 1,
+   0 the message is gone, -1 failed. */
+static int
+batch_read_id(struct mm_batch *b, uint32_t uid, json_t *entry)
+{
+	char id[MM_UUID_TEXT_SIZE];
+	const char *error = NULL;
+
+	if (!mail_set_uid(b->record_mail, uid))
+		return 0;
+	switch (mm_mirror_message_id(b->record_mail, id, &error)) {
+	case MM_MIRROR_READ_OK:
+		json_object_set_new(entry, "mailmeta_id", json_string(id));
+		return 1;
+	case MM_MIRROR_READ_EXPUNGED:
+		return 0;
+	case MM_MIRROR_READ_FAILED:
+		break;
+	}
+	sync_fail(b->sync, MM_MIRROR_FAILED, "%s: %s", b->folder->vname, error);
+	return -1;
+}
+
+/* Gives the upserts batch_add_mail() left without a mailmeta_id the id
+   the mirror holds for their UID (a message under a UID never changes
+   while UIDVALIDITY stays), reading the others' from the message.
+   Returns 0, or -1 on failure; *stale set when a message vanished. */
+static int
+batch_fill_ids(struct mm_batch *b, bool *stale)
+{
+	const struct mm_id_wanted *want;
+	const char *params[4];
+	string_t *uids;
+	PGresult *res;
+	ARRAY(size_t) gone;
+	int row = 0, rows, ret = 0;
+
+	if (array_count(&b->ids_wanted) == 0)
+		return 0;
+	uids = t_str_new(256);
+	str_append_c(uids, '{');
+	array_foreach(&b->ids_wanted, want)
+		str_printfa(uids, "%s%u", str_len(uids) > 1 ? "," : "", want->uid);
+	str_append_c(uids, '}');
+	params[0] = b->sync->address;
+	params[1] = b->folder->guid;
+	params[2] = t_strdup_printf("%u", b->uidvalidity);
+	params[3] = str_c(uids);
+	res = mm_mirror_db_query(b->sync->db,
+		"SELECT uid, mailmeta_id FROM mail.mirror_message_ids($1, $2, $3, $4::bigint[])",
+		4, params);
+	if (res == NULL) {
+		sync_fail_db(b->sync, "mail.mirror_message_ids");
+		return -1;
+	}
+	/* both in UID order */
+	rows = PQntuples(res);
+	t_array_init(&gone, 4);
+	array_foreach(&b->ids_wanted, want) {
+		json_t *entry = json_array_get(b->upsert, want->index);
+		char id[MM_UUID_TEXT_SIZE];
+		uint32_t uid = 0;
+		int r;
+
+		while (row < rows && column_uint32(res, row, 0, &uid) &&
+		       uid < want->uid)
+			row++;
+		if (row < rows && uid == want->uid &&
+		    mm_mirror_parse_uuid(PQgetvalue(res, row, 1), id)) {
+			json_object_set_new(entry, "mailmeta_id", json_string(id));
+			continue;
+		}
+		r = batch_read_id(b, want->uid, entry);
+		if (r < 0) {
+			ret = -1;
+			break;
+		}
+		if (r == 0)
+			array_push_back(&gone, &want->index);
+	}
+	PQclear(res);
+	/* from the last, so that the others' indexes stay */
+	for (unsigned int i = array_count(&gone); ret == 0 && i > 0; i--) {
+		json_array_remove(b->upsert, *array_idx(&gone, i - 1));
+		*stale = TRUE;
+	}
+	return ret;
+}
+
 /* Sends the batch to mail.mirror_messages() and records what the database
    lacks.  Returns 0, or -1 on failure; *stale set when a message vanished
    meanwhile or its record was deferred: the folder is then not recorded
@@ -532,6 +632,8 @@ batch_flush(struct mm_batch *b, bool *stale)
 	json_t *batch;
 	int ret = 0, rows;
 
+	if (batch_fill_ids(b, stale) < 0)
+		return -1;
 	batch = json_pack("{s:I, s:b, s:O, s:O}",
 			  "uidvalidity", (json_int_t)b->uidvalidity,
 			  "reset", b->reset,
@@ -589,8 +691,12 @@ batch_add_mail(struct mm_batch *b, struct mail *mail)
 	time_t received;
 	uoff_t size;
 	json_t *entry;
+	bool id_from_mirror = mail->uid < b->known_below;
 
-	switch (mm_mirror_message_id(mail, id, &error)) {
+	/* what the mirror had at its last sync (a flag change, mostly) is
+	   not read again for its id: batch_fill_ids() */
+	switch (id_from_mirror ? MM_MIRROR_READ_OK :
+		mm_mirror_message_id(mail, id, &error)) {
 	case MM_MIRROR_READ_OK:
 		break;
 	case MM_MIRROR_READ_EXPUNGED:
@@ -610,14 +716,21 @@ batch_add_mail(struct mm_batch *b, struct mail *mail)
 			  mailbox_get_last_internal_error(mail->box, NULL));
 		return -1;
 	}
-	entry = json_pack("{s:I, s:s, s:o, s:o, s:s, s:I, s:I}",
+	entry = json_pack("{s:I, s:o, s:o, s:s, s:I, s:I}",
 		"uid", (json_int_t)mail->uid,
-		"mailmeta_id", id,
 		"flags", flags_json(mail_get_flags(mail)),
 		"keywords", keywords_json(mail_get_keywords(mail)),
 		"internal_date", utc_timestamp(received),
 		"size", (json_int_t)size,
 		"modseq", (json_int_t)mail_get_modseq(mail));
+	if (id_from_mirror) {
+		struct mm_id_wanted *want = array_append_space(&b->ids_wanted);
+
+		want->uid = mail->uid;
+		want->index = json_array_size(b->upsert);
+	} else {
+		json_object_set_new(entry, "mailmeta_id", json_string(id));
+	}
 	json_array_append_new(b->upsert, entry);
 	b->count++;
 	return 1;
@@ -631,8 +744,6 @@ send_messages(struct mm_sync *sync, struct mm_folder *f, struct mailbox *box,
 	      const struct mailbox_status *status, bool full,
 	      const ARRAY_TYPE(seq_range) *expunged, bool *stale)
 {
-	static const char *const headers[] = { "X-Mailmeta-ID", NULL };
-	struct mailbox_header_lookup_ctx *wanted_headers;
 	struct mail_search_args *args;
 	struct mail_search_context *search;
 	struct mail_search_arg *arg;
@@ -645,6 +756,8 @@ send_messages(struct mm_sync *sync, struct mm_folder *f, struct mailbox *box,
 	b.folder = f;
 	b.uidvalidity = status->uidvalidity;
 	b.reset = full;
+	b.known_below = full ? 0 : f->r_uidnext;
+	i_array_init(&b.ids_wanted, 64);
 	batch_reset_lists(&b);
 	if (expunged != NULL) {
 		const struct seq_range *range;
@@ -674,11 +787,11 @@ send_messages(struct mm_sync *sync, struct mm_folder *f, struct mailbox *box,
 	b.t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_NO_CACHE_DEC,
 					"mailmeta mirror");
 	b.record_mail = mail_alloc(b.t, 0, NULL);
-	wanted_headers = mailbox_header_lookup_init(box, headers);
+	/* no wanted headers: Dovecot would open every message found to
+	   prefetch them, though most ids come from the mirror */
 	search = mailbox_search_init(b.t, args, NULL, MAIL_FETCH_FLAGS |
 				     MAIL_FETCH_RECEIVED_DATE |
-				     MAIL_FETCH_VIRTUAL_SIZE, wanted_headers);
-	mailbox_header_lookup_unref(&wanted_headers);
+				     MAIL_FETCH_VIRTUAL_SIZE, NULL);
 	mail_search_args_unref(&args);
 
 	while (ret == 0 && mailbox_search_next(search, &mail)) {
@@ -712,6 +825,7 @@ send_messages(struct mm_sync *sync, struct mm_folder *f, struct mailbox *box,
 	(void)mailbox_transaction_commit(&b.t);
 	json_decref(b.upsert);
 	json_decref(b.expunge);
+	array_free(&b.ids_wanted);
 	return ret;
 }
 

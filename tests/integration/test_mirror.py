@@ -358,6 +358,29 @@ def test_store_copy_move_expunge(stack, mailbox):
                      " ANY (%s::uuid[])", list(ids)) == [["2"]]
 
 
+def test_a_flag_change_takes_the_id_from_the_mirror(stack, mailbox):
+    """A message the mirror already holds is not read again for its id when
+    only its flags change: the id comes from the mirror's row.  A row the
+    mirror lost (here: deleted behind its back) is read from the message."""
+    user, pw = mailbox
+    m = stack.imap(user, pw)
+    try:
+        uids = [appenduid(m.append("INBOX", None, None, raw_message(f"flagged {n}")))
+                for n in range(2)]
+        wait_mirror(stack, user, pw)
+        ids = {uid: mirror_row(stack, user, "INBOX", uid)[0] for uid in uids}
+        stack.sql("DELETE FROM mail.mailbox_messages m USING mail.users u"
+                  " WHERE m.user_id = u.user_id AND u.address = %s AND m.uid = %s",
+                  user, uids[0], user="postgres")
+        m.select("INBOX")
+        m.uid("STORE", f"{uids[0]},{uids[1]}", "+FLAGS", "(\\Flagged)")
+        state = wait_mirror(stack, user, pw)
+    finally:
+        m.logout()
+    assert all("\\Flagged" in flags for flags, _ in state["INBOX"]["messages"].values())
+    assert {uid: mirror_row(stack, user, "INBOX", uid)[0] for uid in uids} == ids
+
+
 def test_folder_create_rename_delete_subscribe(stack, mailbox):
     user, pw = mailbox
     m = stack.imap(user, pw)

@@ -6,11 +6,11 @@
 -- rewritten; synced state and drift; metadata recorded from a mailbox
 -- (direction "mailbox", idempotent, the user's row); forgetting a mirror;
 -- deleting a user; every refused argument with its SQLSTATE and message,
--- nothing changed; and that mailmeta_mirror reaches its five functions and
--- nothing else.
+-- nothing changed; the ids of the messages the mirror holds; and that
+-- mailmeta_mirror reaches its seven functions and nothing else.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(178);
+SELECT plan(185);
 \ir 06_helpers.psql
 \ir mirror_helpers.psql
 
@@ -169,6 +169,26 @@ SELECT results_eq($$SELECT array_agg(uid ORDER BY uid) FROM mail.mailbox_message
 SELECT results_eq($$SELECT total, unread FROM mail.folders WHERE guid = pg_temp.guid(1)$$,
     $$VALUES (5, 3)$$, 'counters after expunging an unread and an unread-then-upserted message and adding one');
 SELECT is_empty('SELECT * FROM pg_temp.bad_counters()', 'every folder''s counters match its messages');
+
+-- ------------------------------------------------------------ known ids
+SET LOCAL ROLE mailmeta_mirror;
+SELECT results_eq($$SELECT uid FROM mail.mirror_message_ids('alice@example.test', pg_temp.guid(1), 7, '{7,2,6,99}')$$,
+    $$VALUES (2::bigint), (7::bigint)$$,
+    'mirror_message_ids: the UIDs the mirror holds, by UID; an expunged or unknown UID is not');
+SELECT is((SELECT mailmeta_id FROM mail.mirror_message_ids('alice@example.test', pg_temp.guid(1), 7, '{7}')),
+          pg_temp.mid(7), '... with their ids');
+SELECT is_empty($$SELECT * FROM mail.mirror_message_ids('alice@example.test', pg_temp.guid(1), 8, '{2,7}')$$,
+    'nothing under another UIDVALIDITY');
+SELECT is_empty($$SELECT * FROM mail.mirror_message_ids('alice@example.test', pg_temp.guid(99), 7, '{2}')$$,
+    'nothing for a folder the mirror does not know');
+SELECT is_empty($$SELECT * FROM mail.mirror_message_ids('alice@example.test', pg_temp.guid(1), 7, NULL)$$,
+    'nothing for no UIDs');
+SELECT throws_ok($$SELECT * FROM mail.mirror_message_ids('alice@example.test', 'INBOX', 7, '{2}')$$,
+    '22023', 'invalid folder for ''alice@example.test'': guid ''INBOX'' is not 32 hex digits',
+    'mirror_message_ids refuses a malformed guid');
+SELECT throws_ok($$SELECT * FROM mail.mirror_message_ids('nobody@example.test', pg_temp.guid(1), 7, '{2}')$$,
+    'P0002', NULL, 'mirror_message_ids refuses an unknown user');
+RESET ROLE;
 
 -- ------------------------------------------------------------ synced state
 SET LOCAL ROLE mailmeta_mirror;
@@ -505,8 +525,9 @@ SELECT set_eq($$SELECT p.oid::regprocedure::text FROM pg_proc p
                    AND has_function_privilege('mailmeta_mirror', p.oid, 'EXECUTE')$$,
     ARRAY['mail.mirror_folders(text,jsonb)', 'mail.mirror_messages(text,text,jsonb)',
           'mail.mirror_folder_done(text,text,bigint,bigint,bigint,integer)', 'mail.mirror_forget(text)',
-          'mail.record_mailbox_message(text,jsonb)', 'mail.record_mailbox_messages(text,jsonb)'],
-    'mailmeta_mirror may execute exactly its six functions');
+          'mail.record_mailbox_message(text,jsonb)', 'mail.record_mailbox_messages(text,jsonb)',
+          'mail.mirror_message_ids(text,text,bigint,bigint[])'],
+    'mailmeta_mirror may execute exactly its seven functions');
 SELECT is_empty($$SELECT c.relname::text FROM pg_class c
                    WHERE c.relnamespace = 'mail'::regnamespace AND c.relkind IN ('r', 'v')
                      AND has_table_privilege('mailmeta_mirror', c.oid, 'SELECT,INSERT,UPDATE,DELETE')$$,
