@@ -44,6 +44,7 @@ struct mm_watch {
 	unsigned int term_counter;
 	unsigned int backoff_secs;
 	uint64_t next_check;	/* monotonic msecs */
+	uint64_t last_spool_pass;	/* monotonic msecs */
 };
 
 static bool
@@ -202,6 +203,7 @@ process_spool(struct mm_watch *w)
 	int ret = 0;
 
 	w->rescan = FALSE;
+	w->last_spool_pass = monotonic_msecs();
 	t_array_init(&names, 32);
 	if (read_names(w->set->spool_dir, &names) < 0)
 		return -1;
@@ -255,8 +257,52 @@ process_spool(struct mm_watch *w)
 	return ret;
 }
 
-/* Syncs every user the userdb lists, counting them in *count: 0 done (or
-   stopping), 1 PostgreSQL is unreachable, -1 the listing failed. */
+/* Reads the queued inotify events: each names a mark that was created,
+   put back or opened by the mail plugin, i.e. a change of that user.  An
+   overflowed queue lost names: a pass over the spool finds their marks. */
+static void
+watch_read_events(struct mm_watch *w)
+{
+	_Alignas(struct inotify_event) char buf[4096];
+	ssize_t len;
+
+	while ((len = read(w->inotify_fd, buf, sizeof(buf))) > 0) {
+		uint64_t now = monotonic_msecs();
+
+		for (ssize_t pos = 0; pos < len; ) {
+			const struct inotify_event *ev =
+				(const struct inotify_event *)(buf + pos);
+
+			pos += (ssize_t)(sizeof(*ev) + ev->len);
+			if ((ev->mask & IN_Q_OVERFLOW) != 0)
+				w->rescan = TRUE;
+			/* len 0: the spool itself; dot names: the
+			   watcher's own */
+			if (ev->len > 0 && ev->name[0] != '\0' &&
+			    ev->name[0] != '.')
+				mm_pending_touch(w->pending, ev->name, now);
+		}
+	}
+}
+
+/* Whether a user's mark is due while the drift check runs: a check of
+   many users takes long, and the changes clients wait for come first, as
+   in the main loop.  Without inotify the spool is looked at every poll
+   interval. */
+static bool
+marks_due(struct mm_watch *w)
+{
+	uint64_t now = monotonic_msecs();
+
+	if (w->inotify_fd == -1)
+		return now >= w->last_spool_pass + MM_WATCH_POLL_MSECS;
+	watch_read_events(w);
+	return w->rescan || mm_pending_next_due(w->pending, now) == 0;
+}
+
+/* Syncs every user the userdb lists, counting them in *count, and between
+   them the users whose marks are due: 0 done (or stopping), 1 PostgreSQL
+   is unreachable (or the spool unusable), -1 the listing failed. */
 static int
 check_listed_users(struct mm_watch *w, unsigned int *count)
 {
@@ -275,6 +321,15 @@ check_listed_users(struct mm_watch *w, unsigned int *count)
 		} T_END;
 		if (result == MM_MIRROR_DB_DOWN)
 			return 1;
+		if (marks_due(w)) {
+			int failed;
+
+			T_BEGIN {
+				failed = process_spool(w);
+			} T_END;
+			if (failed < 0)
+				return 1;
+		}
 	}
 	return ret;
 }
@@ -302,34 +357,6 @@ check_all_users(struct mm_watch *w)
 		return -1;	/* PostgreSQL is down */
 	i_debug("mailmeta: drift check of %u users done", count);
 	return 0;
-}
-
-/* Reads the queued inotify events: each names a mark that was created,
-   put back or opened by the mail plugin, i.e. a change of that user.  An
-   overflowed queue lost names: a pass over the spool finds their marks. */
-static void
-watch_read_events(struct mm_watch *w)
-{
-	_Alignas(struct inotify_event) char buf[4096];
-	ssize_t len;
-
-	while ((len = read(w->inotify_fd, buf, sizeof(buf))) > 0) {
-		uint64_t now = monotonic_msecs();
-
-		for (ssize_t pos = 0; pos < len; ) {
-			const struct inotify_event *ev =
-				(const struct inotify_event *)(buf + pos);
-
-			pos += (ssize_t)(sizeof(*ev) + ev->len);
-			if ((ev->mask & IN_Q_OVERFLOW) != 0)
-				w->rescan = TRUE;
-			/* len 0: the spool itself; dot names: the
-			   watcher's own */
-			if (ev->len > 0 && ev->name[0] != '\0' &&
-			    ev->name[0] != '.')
-				mm_pending_touch(w->pending, ev->name, now);
-		}
-	}
 }
 
 /* Sleeps until a user is due to be synced, the drift check is due, or a

@@ -13,6 +13,7 @@ import glob
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -611,6 +612,48 @@ def test_a_new_auth_process_costs_the_mirror_no_retry(stack, mailbox):
     errors = [line for line in log_since(stack, "mirror.log", offset)
               if "Error: mailmeta:" in line]
     assert not errors
+
+
+def test_a_long_drift_check_does_not_hold_up_marks(stack, mailbox):
+    """The drift check goes through every user, which on a host with many
+    takes long; a change made meanwhile must not wait for its end: marks
+    that are due are synced between two users of the check."""
+    user, pw = mailbox
+    m = stack.imap(user, pw)
+    try:
+        appenduid(m.append("INBOX", None, None, raw_message("before the check")))
+    finally:
+        m.logout()
+    wait_mirror(stack, user, pw)
+    # users the check has not seen: their first sync creates their folders
+    domain = f"drift{uuid.uuid4().hex[:8]}.test"
+    many = [f"user{n:03d}@{domain}" for n in range(150)]
+    stack.sql("SELECT mail.add_domain(%s)", domain)
+    offset = log_offset(stack, "mirror.log")
+    stack.sql("SELECT count(mail.add_user(u, 'pw-drift-check')) FROM unnest(%s) AS u", many)
+    try:
+        deadline = time.monotonic() + 45    # the stack checks every 30 s
+        while not mirror_log_since(stack, offset, f"@{domain}: synced"):
+            assert time.monotonic() < deadline, "no drift check began"
+            time.sleep(0.05)
+        m = stack.imap(user, pw)
+        try:
+            appenduid(m.append("INBOX", None, None, raw_message("during the check")))
+        finally:
+            m.logout()
+        wait_mirror(stack, user, pw)
+        deadline = time.monotonic() + 60
+        while len(mirror_log_since(stack, offset, f"@{domain}: synced")) < len(many):
+            assert time.monotonic() < deadline, "the drift check did not end"
+            time.sleep(0.2)
+        synced = [line for line in log_since(stack, "mirror.log", offset) if ": synced" in line]
+        mine = [i for i, line in enumerate(synced) if f" {user}: synced" in line]
+        theirs = [i for i, line in enumerate(synced) if f"@{domain}: synced" in line]
+        assert mine and mine[0] < theirs[-1], "the change waited for the whole check"
+    finally:
+        stack.sql("SELECT count(mail.delete_user(u)) FROM unnest(%s) AS u", many)
+        stack.sql("SELECT mail.delete_domain(%s)", domain)
+        shutil.rmtree(os.path.join(stack.env["STACK_DIR"], "mail", domain), ignore_errors=True)
 
 
 def test_pop3_dele(stack, mailbox):
