@@ -229,6 +229,15 @@ def appenduid(response):
     return int(m.group(1))
 
 
+def append(stack, user, pw, subject, folder="INBOX"):
+    """APPENDs a new message in a session of its own; returns its UID."""
+    m = stack.imap(user, pw)
+    try:
+        return appenduid(m.append(folder, None, None, raw_message(subject)))
+    finally:
+        m.logout()
+
+
 def doveadm(stack, *args, plain=False, options=()):
     """The stack's doveadm; plain: without mailmeta's doveadm plugin."""
     if plain:
@@ -512,11 +521,7 @@ def test_a_broken_mailbox_does_not_hold_up_the_others(stack, directory):
     broken = directory.add_user("mirror" + uuid.uuid4().hex[:6])
     other = directory.add_user("mirror" + uuid.uuid4().hex[:6])
     for user in (broken, other):
-        m = stack.imap(user, directory.passwords[user])
-        try:
-            appenduid(m.append("INBOX", None, None, raw_message("before")))
-        finally:
-            m.logout()
+        append(stack, user, directory.passwords[user], "before")
         wait_mirror(stack, user, directory.passwords[user])
     maildir = os.path.join(stack.env["STACK_DIR"], "mail",
                            broken.split("@")[1], broken.split("@")[0], "Maildir")
@@ -536,11 +541,7 @@ def test_a_broken_mailbox_does_not_hold_up_the_others(stack, directory):
         # four failures in a row: the broken user now waits 8 s, and a
         # back-off of the whole watcher would be as long
         pw = directory.passwords[other]
-        m = stack.imap(other, pw)
-        try:
-            appenduid(m.append("INBOX", None, None, raw_message("meanwhile")))
-        finally:
-            m.logout()
+        append(stack, other, pw, "meanwhile")
         started = time.monotonic()
         wait_no_marks(stack, other, timeout=10)
         assert time.monotonic() - started < 4, "the other user waited for the broken one"
@@ -586,26 +587,12 @@ def test_a_new_auth_process_costs_the_mirror_no_retry(stack, mailbox):
     next user lookup must connect again at once, not fail the user's sync
     ("Broken pipe") and leave the change to a back-off."""
     user, pw = mailbox
-    m = stack.imap(user, pw)
-    try:
-        appenduid(m.append("INBOX", None, None, raw_message("before")))
-    finally:
-        m.logout()
+    append(stack, user, pw, "before")
     wait_mirror(stack, user, pw)    # the watcher has looked the user up
     offset = log_offset(stack, "mirror.log")
     end_auth_process(stack)
-    deadline = time.monotonic() + 20
-    while True:     # a new auth process answers logins
-        try:
-            m = stack.imap(user, pw)
-            break
-        except Exception:
-            assert time.monotonic() < deadline, "no IMAP login after auth ended"
-            time.sleep(0.2)
-    try:
-        appenduid(m.append("INBOX", None, None, raw_message("after")))
-    finally:
-        m.logout()
+    wait_for_login(stack, user, pw, timeout=20)   # a new auth process answers
+    append(stack, user, pw, "after")
     wait_mirror(stack, user, pw)
     # Dovecot's auth client logs the broken connection itself; the sync
     # must not fail
@@ -619,11 +606,7 @@ def test_a_long_drift_check_does_not_hold_up_marks(stack, mailbox):
     takes long; a change made meanwhile must not wait for its end: marks
     that are due are synced between two users of the check."""
     user, pw = mailbox
-    m = stack.imap(user, pw)
-    try:
-        appenduid(m.append("INBOX", None, None, raw_message("before the check")))
-    finally:
-        m.logout()
+    append(stack, user, pw, "before the check")
     wait_mirror(stack, user, pw)
     # users the check has not seen: their first sync creates their folders
     domain = f"drift{uuid.uuid4().hex[:8]}.test"
@@ -636,11 +619,7 @@ def test_a_long_drift_check_does_not_hold_up_marks(stack, mailbox):
         while not mirror_log_since(stack, offset, f"@{domain}: synced"):
             assert time.monotonic() < deadline, "no drift check began"
             time.sleep(0.05)
-        m = stack.imap(user, pw)
-        try:
-            appenduid(m.append("INBOX", None, None, raw_message("during the check")))
-        finally:
-            m.logout()
+        append(stack, user, pw, "during the check")
         wait_mirror(stack, user, pw)
         deadline = time.monotonic() + 60
         while len(mirror_log_since(stack, offset, f"@{domain}: synced")) < len(many):
