@@ -42,6 +42,7 @@
 #define MAILMETA_DEFAULT_CHECK_INTERVAL "10 min"
 #define MAILMETA_DEFAULT_SYNC_DELAY "250 ms"
 #define MAILMETA_DEFAULT_SYNC_MAX_DELAY "2 s"
+#define MAILMETA_DEFAULT_LOCK_TIMEOUT "10 s"
 /* the mirror may lag by this much: more is a typo, not a choice */
 #define MAILMETA_MAX_SYNC_DELAY_MSECS 60000
 
@@ -148,7 +149,8 @@ cmd_mailmeta_resync_alloc(void)
 	return cmd_mailmeta_alloc(TRUE);
 }
 
-/* A delay setting (msecs): 0 to a minute.  -1 logged when invalid. */
+/* A delay setting (msecs): 0 to a minute (mailmeta_lock_timeout too).
+   -1 logged when invalid. */
 static int
 watch_delay_setting(const char *name, const char *default_value,
 		    unsigned int *msecs_r)
@@ -173,6 +175,7 @@ cmd_mailmeta_watch(struct doveadm_cmd_context *cctx ATTR_UNUSED)
 {
 	struct mm_mirror_watch_settings set;
 	const char *interval, *error;
+	unsigned int lock_timeout_msecs;
 
 	i_zero(&set);
 	set.spool_dir = doveadm_plugin_getenv("mailmeta_spool_dir");
@@ -203,10 +206,14 @@ cmd_mailmeta_watch(struct doveadm_cmd_context *cctx ATTR_UNUSED)
 				&set.sync_delay_msecs) < 0 ||
 	    watch_delay_setting("mailmeta_sync_max_delay",
 				MAILMETA_DEFAULT_SYNC_MAX_DELAY,
-				&set.sync_max_delay_msecs) < 0) {
+				&set.sync_max_delay_msecs) < 0 ||
+	    watch_delay_setting("mailmeta_lock_timeout",
+				MAILMETA_DEFAULT_LOCK_TIMEOUT,
+				&lock_timeout_msecs) < 0) {
 		doveadm_exit_code = EX_CONFIG;
 		return;
 	}
+	set.lock_timeout_secs = (lock_timeout_msecs + 999) / 1000;
 	if (mm_mirror_watch_run(&set) < 0)
 		doveadm_exit_code = EX_TEMPFAIL;
 }

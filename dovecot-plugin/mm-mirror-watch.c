@@ -63,11 +63,46 @@ monotonic_msecs(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Looks a user up and opens it, with the watcher's lock timeout: 1 done,
+   0 no such user, -1 failed. */
+static int
+watch_open_user(struct mm_watch *w, const char *username,
+		struct mail_storage_service_user **service_user_r,
+		struct mail_user **user_r, const char **error_r)
+{
+	struct mail_storage_service_input input;
+	const char *value;
+	int ret;
+
+	i_zero(&input);
+	input.service = "doveadm";
+	input.username = username;
+	ret = mail_storage_service_lookup(w->storage, &input, service_user_r,
+					  error_r);
+	if (ret <= 0)
+		return ret < 0 ? -1 : 0;
+	if (w->set->lock_timeout_secs > 0) {
+		value = t_strdup_printf("%us", w->set->lock_timeout_secs);
+		if (mail_storage_service_user_set_setting(*service_user_r,
+				"mail_max_lock_timeout", value, error_r) <= 0) {
+			*error_r = t_strdup_printf(
+				"mail_max_lock_timeout=%s refused", value);
+			mail_storage_service_user_unref(service_user_r);
+			return -1;
+		}
+	}
+	if (mail_storage_service_next(w->storage, *service_user_r, user_r,
+				      error_r) < 0) {
+		mail_storage_service_user_unref(service_user_r);
+		return -1;
+	}
+	return 1;
+}
+
 /* Opens one user and syncs it. */
 static enum mm_mirror_result
 watch_sync_user(struct mm_watch *w, const char *username)
 {
-	struct mail_storage_service_input input;
 	struct mail_storage_service_user *service_user;
 	struct mail_user *user;
 	struct mm_mirror_sync_stats stats;
@@ -75,18 +110,13 @@ watch_sync_user(struct mm_watch *w, const char *username)
 	const char *error;
 	int ret;
 
-	i_zero(&input);
-	input.service = "doveadm";
-	input.username = username;
-	ret = mail_storage_service_lookup_next(w->storage, &input,
-					       &service_user, &user, &error);
+	ret = watch_open_user(w, username, &service_user, &user, &error);
 	if (ret < 0) {
 		/* The auth process ended (a reload restarts it): the first
 		   lookup fails on the old connection ("Broken pipe"), and
 		   the next one connects again. */
-		ret = mail_storage_service_lookup_next(w->storage, &input,
-						       &service_user, &user,
-						       &error);
+		ret = watch_open_user(w, username, &service_user, &user,
+				      &error);
 	}
 	if (ret < 0) {
 		i_error("mailmeta: %s: %s", username, error);

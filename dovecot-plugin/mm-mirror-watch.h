@@ -23,8 +23,10 @@
  * mirror cheap under load; the mirror lags by sync_delay after a change, by
  * at most sync_max_delay (plus one sync) under a steady stream.  The mail
  * plugin opens a user's mark at every change, so inotify's open events tell
- * the watcher when a user is still busy.  SIGTERM (or SIGINT) ends it after
- * the user being synced.
+ * the watcher when a user is still busy.  It syncs one user at a time, so
+ * it waits at most lock_timeout for a lock of a user's mailbox: a lock held
+ * by a hung process, or left behind, delays that user's sync, not everyone's
+ * mirror.  SIGTERM (or SIGINT) ends it after the user being synced.
  */
 #ifndef MM_MIRROR_WATCH_H
 #define MM_MIRROR_WATCH_H
@@ -35,6 +37,9 @@ struct mm_mirror_watch_settings {
 	unsigned int check_interval_secs;	/* 0: no periodic drift check */
 	unsigned int sync_delay_msecs;		/* quiet time before a sync */
 	unsigned int sync_max_delay_msecs;	/* longest wait of a change */
+	/* longest wait for a lock of a user's mailbox (Dovecot's
+	   mail_max_lock_timeout for the users it syncs); 0: Dovecot's own */
+	unsigned int lock_timeout_secs;
 };
 
 /* Runs until SIGTERM/SIGINT.  Returns 0, or -1 when it cannot start

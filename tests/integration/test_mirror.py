@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import urllib.parse
 import uuid
@@ -551,6 +552,66 @@ def test_a_broken_mailbox_does_not_hold_up_the_others(stack, directory):
     wait_no_marks(stack, broken, timeout=45)
     pw = directory.passwords[broken]
     assert mirror_state(stack, broken) == imap_state(stack, broken, pw)
+
+
+def test_a_held_lock_does_not_hold_up_the_others(stack, directory):
+    """The watcher syncs one user at a time: a lock of one user's mailbox
+    that is never released (a hung process, a lock file left behind) may
+    stall that user's sync for mailmeta_lock_timeout (10 s), not every
+    user's mirror until Dovecot finds the lock stale (2 min after its last
+    change; never while its holder keeps it fresh)."""
+    stuck = directory.add_user("mirror" + uuid.uuid4().hex[:6])
+    other = directory.add_user("mirror" + uuid.uuid4().hex[:6])
+    for user in (stuck, other):
+        append(stack, user, directory.passwords[user], "before")
+        wait_mirror(stack, user, directory.passwords[user])
+    maildir = os.path.join(stack.env["STACK_DIR"], "mail",
+                           stuck.split("@")[1], stuck.split("@")[0], "Maildir")
+    owner = os.stat(maildir)
+    lock = os.path.join(maildir, "dovecot-uidlist.lock")
+    with open(lock, "w") as f:
+        f.write("1:elsewhere.example\n")     # a holder Dovecot cannot check
+    os.chown(lock, owner.st_uid, owner.st_gid)
+    held = threading.Event()
+    held.set()
+
+    def keep_fresh():
+        while held.is_set():
+            os.utime(lock)
+            time.sleep(0.5)
+
+    toucher = threading.Thread(target=keep_fresh)
+    toucher.start()
+    try:
+        # a message Dovecot has not seen yet: syncing it needs the lock
+        dropped = os.path.join(maildir, "new", f"{int(time.time())}.M1P1.elsewhere")
+        with open(dropped, "wb") as f:
+            f.write(raw_message("dropped in"))
+        os.chown(dropped, owner.st_uid, owner.st_gid)
+        open(mark_path(stack, stuck), "a").close()
+        time.sleep(1)       # the watcher waits for the lock now
+        pw = directory.passwords[other]
+        append(stack, other, pw, "meanwhile")
+        started = time.monotonic()
+        wait_no_marks(stack, other, timeout=60)
+        assert time.monotonic() - started < 30, "the other user waited for the lock"
+        assert mirror_state(stack, other) == imap_state(stack, other, pw)
+    finally:
+        held.clear()
+        toucher.join()
+        os.unlink(lock)
+    # the next look at the mailbox (here IMAP's) finds the message
+    wait_mirror(stack, stuck, directory.passwords[stuck], timeout=75)
+
+
+@pytest.mark.parametrize("setting, value, error", [
+    ("mailmeta_lock_timeout", "2 min", "mailmeta_lock_timeout '2 min' is over a minute"),
+    ("mailmeta_sync_delay", "soon", "invalid mailmeta_sync_delay 'soon'"),
+])
+def test_the_watcher_refuses_a_bad_delay(stack, setting, value, error):
+    r = doveadm(stack, "mailmeta", "watch", options=("-o", f"plugin/{setting}={value}"))
+    assert r.returncode == 78, (r.returncode, r.stderr)    # EX_CONFIG
+    assert error in r.stderr
 
 
 def stack_processes(stack, name):
