@@ -514,18 +514,37 @@ def test_a_steady_stream_of_changes_is_synced_in_batches(stack, mailbox):
     assert 1 <= len(syncs) <= 5, (stores, syncs)
 
 
+def two_mirrored_users(stack, directory):
+    """Two fresh users, each with a message that is mirrored."""
+    users = [directory.add_user("mirror" + uuid.uuid4().hex[:6]) for _ in range(2)]
+    for user in users:
+        append(stack, user, directory.passwords[user], "before")
+        wait_mirror(stack, user, directory.passwords[user])
+    return users
+
+
+def maildir_of(stack, user):
+    local, domain = user.split("@")
+    return os.path.join(stack.env["STACK_DIR"], "mail", domain, local, "Maildir")
+
+
+def append_mirrored_within(stack, directory, user, seconds, why):
+    """A change of USER is mirrored within SECONDS (else fails with WHY)."""
+    pw = directory.passwords[user]
+    append(stack, user, pw, "meanwhile")
+    started = time.monotonic()
+    wait_no_marks(stack, user, timeout=max(10, 2 * seconds))
+    assert time.monotonic() - started < seconds, why
+    assert mirror_state(stack, user) == imap_state(stack, user, pw)
+
+
 def test_a_broken_mailbox_does_not_hold_up_the_others(stack, directory):
     """A user whose sync keeps failing (here: a mail directory Dovecot may
     not read) waits a back-off of its own, 1 s doubling up to 30 s; every
     other user is mirrored as promptly as ever meanwhile, and the broken
     one catches up once it is repaired."""
-    broken = directory.add_user("mirror" + uuid.uuid4().hex[:6])
-    other = directory.add_user("mirror" + uuid.uuid4().hex[:6])
-    for user in (broken, other):
-        append(stack, user, directory.passwords[user], "before")
-        wait_mirror(stack, user, directory.passwords[user])
-    maildir = os.path.join(stack.env["STACK_DIR"], "mail",
-                           broken.split("@")[1], broken.split("@")[0], "Maildir")
+    broken, other = two_mirrored_users(stack, directory)
+    maildir = maildir_of(stack, broken)
     assert os.path.isdir(maildir)
     offset = log_offset(stack, "mirror.log")
     mode = os.stat(maildir).st_mode
@@ -541,12 +560,8 @@ def test_a_broken_mailbox_does_not_hold_up_the_others(stack, directory):
             failures = mirror_log_since(stack, offset, f"{broken}: sync failed, will retry")
         # four failures in a row: the broken user now waits 8 s, and a
         # back-off of the whole watcher would be as long
-        pw = directory.passwords[other]
-        append(stack, other, pw, "meanwhile")
-        started = time.monotonic()
-        wait_no_marks(stack, other, timeout=10)
-        assert time.monotonic() - started < 4, "the other user waited for the broken one"
-        assert mirror_state(stack, other) == imap_state(stack, other, pw)
+        append_mirrored_within(stack, directory, other, 4,
+                               "the other user waited for the broken one")
     finally:
         os.chmod(maildir, mode)
     wait_no_marks(stack, broken, timeout=45)
@@ -560,13 +575,8 @@ def test_a_held_lock_does_not_hold_up_the_others(stack, directory):
     stall that user's sync for mailmeta_lock_timeout (10 s), not every
     user's mirror until Dovecot finds the lock stale (2 min after its last
     change; never while its holder keeps it fresh)."""
-    stuck = directory.add_user("mirror" + uuid.uuid4().hex[:6])
-    other = directory.add_user("mirror" + uuid.uuid4().hex[:6])
-    for user in (stuck, other):
-        append(stack, user, directory.passwords[user], "before")
-        wait_mirror(stack, user, directory.passwords[user])
-    maildir = os.path.join(stack.env["STACK_DIR"], "mail",
-                           stuck.split("@")[1], stuck.split("@")[0], "Maildir")
+    stuck, other = two_mirrored_users(stack, directory)
+    maildir = maildir_of(stack, stuck)
     owner = os.stat(maildir)
     lock = os.path.join(maildir, "dovecot-uidlist.lock")
     with open(lock, "w") as f:
@@ -590,12 +600,8 @@ def test_a_held_lock_does_not_hold_up_the_others(stack, directory):
         os.chown(dropped, owner.st_uid, owner.st_gid)
         open(mark_path(stack, stuck), "a").close()
         time.sleep(1)       # the watcher waits for the lock now
-        pw = directory.passwords[other]
-        append(stack, other, pw, "meanwhile")
-        started = time.monotonic()
-        wait_no_marks(stack, other, timeout=60)
-        assert time.monotonic() - started < 30, "the other user waited for the lock"
-        assert mirror_state(stack, other) == imap_state(stack, other, pw)
+        append_mirrored_within(stack, directory, other, 30,
+                               "the other user waited for the lock")
     finally:
         held.clear()
         toucher.join()
