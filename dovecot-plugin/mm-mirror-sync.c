@@ -530,19 +530,16 @@ record_message(struct mm_batch *b, uint32_t uid, const char *mailmeta_id)
 	return ret;
 }
 
-/* Reads the mailmeta_id of the message under UID into entry; returns 1,
-   0 the message is gone, -1 failed. */
+/* Reads the mailmeta_id of mail from the message into id: 1, 0 the
+   message is gone, -1 failed. */
 static int
-batch_read_id(struct mm_batch *b, uint32_t uid, json_t *entry)
+batch_read_id(struct mm_batch *b, struct mail *mail,
+	      char id[MM_UUID_TEXT_SIZE])
 {
-	char id[MM_UUID_TEXT_SIZE];
 	const char *error = NULL;
 
-	if (!mail_set_uid(b->record_mail, uid))
-		return 0;
-	switch (mm_mirror_message_id(b->record_mail, id, &error)) {
+	switch (mm_mirror_message_id(mail, id, &error)) {
 	case MM_MIRROR_READ_OK:
-		json_object_set_new(entry, "mailmeta_id", json_string(id));
 		return 1;
 	case MM_MIRROR_READ_EXPUNGED:
 		return 0;
@@ -598,17 +595,20 @@ batch_fill_ids(struct mm_batch *b, bool *stale)
 		       uid < want->uid)
 			row++;
 		if (row < rows && uid == want->uid &&
-		    mm_mirror_parse_uuid(PQgetvalue(res, row, 1), id)) {
-			json_object_set_new(entry, "mailmeta_id", json_string(id));
-			continue;
-		}
-		r = batch_read_id(b, want->uid, entry);
+		    mm_mirror_parse_uuid(PQgetvalue(res, row, 1), id))
+			r = 1;
+		else if (!mail_set_uid(b->record_mail, want->uid))
+			r = 0;
+		else
+			r = batch_read_id(b, b->record_mail, id);
 		if (r < 0) {
 			ret = -1;
 			break;
 		}
 		if (r == 0)
 			array_push_back(&gone, &want->index);
+		else
+			json_object_set_new(entry, "mailmeta_id", json_string(id));
 	}
 	PQclear(res);
 	/* from the last, so that the others' indexes stay */
@@ -687,25 +687,16 @@ static int
 batch_add_mail(struct mm_batch *b, struct mail *mail)
 {
 	char id[MM_UUID_TEXT_SIZE];
-	const char *error = NULL;
 	time_t received;
 	uoff_t size;
 	json_t *entry;
 	bool id_from_mirror = mail->uid < b->known_below;
+	int ret;
 
 	/* what the mirror had at its last sync (a flag change, mostly) is
 	   not read again for its id: batch_fill_ids() */
-	switch (id_from_mirror ? MM_MIRROR_READ_OK :
-		mm_mirror_message_id(mail, id, &error)) {
-	case MM_MIRROR_READ_OK:
-		break;
-	case MM_MIRROR_READ_EXPUNGED:
-		return 0;
-	case MM_MIRROR_READ_FAILED:
-		sync_fail(b->sync, MM_MIRROR_FAILED, "%s: %s",
-			  b->folder->vname, error);
-		return -1;
-	}
+	if (!id_from_mirror && (ret = batch_read_id(b, mail, id)) <= 0)
+		return ret;
 	if (mail_get_received_date(mail, &received) < 0 ||
 	    mail_get_virtual_size(mail, &size) < 0) {
 		if (mail->expunged ||
