@@ -83,10 +83,11 @@ watch_open_user(struct mm_watch *w, const char *username,
 		return ret < 0 ? -1 : 0;
 	if (w->set->lock_timeout_secs > 0) {
 		value = t_strdup_printf("%us", w->set->lock_timeout_secs);
-		if (mail_storage_service_user_set_setting(*service_user_r,
-				"mail_max_lock_timeout", value, error_r) <= 0) {
-			*error_r = t_strdup_printf(
-				"mail_max_lock_timeout=%s refused", value);
+		ret = mail_storage_service_user_set_setting(*service_user_r,
+				"mail_max_lock_timeout", value, error_r);
+		if (ret <= 0) {
+			*error_r = t_strdup_printf("mail_max_lock_timeout=%s: %s",
+				value, ret < 0 ? *error_r : "unknown setting");
 			mail_storage_service_user_unref(service_user_r);
 			return -1;
 		}
