@@ -409,8 +409,9 @@ cleanup_one() {
 # ------------------------------------------------------------ (b) IMAP
 cat > "$WORK/imap-load.py" <<'PY'
 """IMAP load: one process per user, all started together; prints
-"ops seconds_of_the_slowest_session end_time" then one "user count" line
-per user (its final message count)."""
+"ops seconds_of_the_slowest_session end_time busy_seconds" (busy: the
+machine's CPU time while the sessions ran) then one "user count" line per
+user (its final message count)."""
 import imaplib, multiprocessing as mp, os, random, re, sys, time
 
 host, port, password, ops = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
@@ -425,6 +426,12 @@ def message(rng, user, n):
             f"Subject: bench {os.getpid()} {n} {rng.random()}\r\n"
             f"Message-ID: <{os.getpid()}.{n}.{time.time()}@bench.test>\r\n"
             f"Date: Sun, 22 Nov 2026 10:00:00 +0000\r\n\r\n" + BODY[:size] + "\r\n").encode()
+
+
+def machine_busy():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
 
 
 def session(user, ready, start, results):
@@ -476,20 +483,24 @@ if __name__ == "__main__":
             for d in (spool, os.path.join(spool, ".claimed"))):
         time.sleep(0.05)
     time.sleep(0.5)
+    busy0 = machine_busy()
     start.set()
     got = [results.get(timeout=900) for _ in users]
+    busy = machine_busy() - busy0
     for p in procs:
         p.join()
     if any(p.exitcode for p in procs):
         raise SystemExit("an IMAP session failed")
-    print(ops * len(users), max(g[1] for g in got), max(g[3] for g in got))
+    print(ops * len(users), max(g[1] for g in got), max(g[3] for g in got), busy)
     for user, _, count, _ in got:
         print(user, count)
 PY
 
-# imap_run with|without -> "ops/s [ops/s-without-catch-up catch-up-s]"
+# imap_run with|without -> "ops/s [ops/s-without-catch-up catch-up-s
+# watcher-s postgres-s] busy-ms" (busy: the machine's CPU per operation
+# while the clients ran)
 imap_run() {
-	local arm=$1 users marks out ops secs ended u end cpu0 SEQ
+	local arm=$1 users marks out ops secs ended busy u end cpu0 SEQ
 	for _ in 1 2 3; do
 		SEQ=$(next_seq)
 		mapfile -t users < <(add_users "r$RUN_ID-i$SEQ-$arm-" "$IMAP_SESSIONS")
@@ -505,7 +516,8 @@ imap_run() {
 			resume_mirror
 			continue
 		fi
-		read -r ops secs ended <<<"$(head -1 <<<"$out")"
+		read -r ops secs ended busy <<<"$(head -1 <<<"$out")"
+		busy=$(echo "scale=3; 1000 * $busy / $ops" | bc)
 		if [ "$arm" = with ]; then
 			tail -n +2 <<<"$out" > "$WORK/counts"
 			until drained "${marks[@]}" && mirror_matches "$WORK/counts"; do
@@ -515,13 +527,13 @@ imap_run() {
 			echo "$(echo "scale=1; $ops / ($secs + $end - $ended)" | bc)" \
 			     "$(echo "scale=1; $ops / $secs" | bc)" \
 			     "$(echo "scale=2; ($end - $ended) / 1" | bc)" \
-			     "$(sync_cpu "$cpu0" "$(cpu_snapshot)")"
+			     "$(sync_cpu "$cpu0" "$(cpu_snapshot)")" "$busy"
 			for u in "${users[@]}"; do cleanup_one "$u"; done
 			return
 		fi
 		for u in "${users[@]}"; do cleanup_one "$u"; done
 		resume_mirror
-		echo "scale=1; $ops / $secs" | bc
+		echo "$(echo "scale=1; $ops / $secs" | bc) $busy"
 		return
 	done
 	echo "three IMAP runs in a row were disturbed" >&2; exit 1
@@ -544,7 +556,7 @@ for kind in stamped unstamped; do
 	eval "lmtp_${kind}_base=() lmtp_${kind}_with=() lmtp_${kind}_deliv=() lmtp_${kind}_catch=() lmtp_${kind}_cpu=()"
 	eval "lmtp_${kind}_busy_base=() lmtp_${kind}_busy_with=()"
 done
-imap_base=() imap_with=() imap_raw=() imap_catch=() imap_cpu=()
+imap_base=() imap_with=() imap_raw=() imap_catch=() imap_cpu=() imap_busy_base=() imap_busy_with=()
 for round in $(seq 1 "$ROUNDS"); do
 	for kind in $LMTP_KINDS; do
 		if [ "$kind" = stamped ]; then MESSAGE=$STAMPED; else MESSAGE=$UNSTAMPED; fi
@@ -572,18 +584,19 @@ for round in $(seq 1 "$ROUNDS"); do
 
 	if [ $((round % 2)) -eq 1 ]; then
 		use_config without
-		imap_base+=("$(imap_run without)")
+		read -r base bb <<<"$(imap_run without)"
 		use_config with
-		read -r w d c cw cp <<<"$(imap_run with)"
+		read -r w d c cw cp bw <<<"$(imap_run with)"
 	else
 		use_config with
-		read -r w d c cw cp <<<"$(imap_run with)"
+		read -r w d c cw cp bw <<<"$(imap_run with)"
 		use_config without
-		imap_base+=("$(imap_run without)")
+		read -r base bb <<<"$(imap_run without)"
 	fi
-	imap_with+=("$w") imap_raw+=("$d") imap_catch+=("$c")
+	imap_base+=("$base") imap_with+=("$w") imap_raw+=("$d") imap_catch+=("$c")
+	imap_busy_base+=("$bb") imap_busy_with+=("$bw")
 	imap_cpu+=("$(echo "scale=3; 1000 * ($cw + $cp) / ($IMAP_SESSIONS * $IMAP_OPS)" | bc)")
-	log "round $round IMAP: without ${imap_base[-1]} ops/s, with $w ops/s (clients alone $d ops/s, mirror caught up $c s later; sync CPU: watcher $cw s, PostgreSQL $cp s)"
+	log "round $round IMAP: without $base ops/s, with $w ops/s (clients alone $d ops/s, mirror caught up $c s later; sync CPU: watcher $cw s, PostgreSQL $cp s; machine CPU per operation while the clients ran $bb ms without, $bw ms with)"
 done
 
 mean2() {	# "a b c" -> their mean, two decimals
@@ -623,5 +636,5 @@ done
 [ "$IMAP_OPS" -gt 0 ] || exit 0
 echo "(b) IMAP, $IMAP_SESSIONS sessions x $IMAP_OPS operations (APPEND 35 %, FETCH 30 %, STORE 25 %, EXPUNGE 10 %):"
 report "  IMAP" ops/s "${imap_base[*]}" "${imap_with[*]}" "${imap_raw[*]}" "${imap_catch[*]}" \
-	"${imap_cpu[*]}" operation
+	"${imap_cpu[*]}" operation "${imap_busy_base[*]}" "${imap_busy_with[*]}"
 echo "load average at the end $(cut -d' ' -f1-3 /proc/loadavg) (a shared machine: figures are noisy)"
