@@ -12,6 +12,7 @@
 #include "array.h"
 #include "lib-signals.h"
 #include "master-service.h"
+#include "auth-master.h"
 #include "mail-storage-service.h"
 #include "mail-user.h"
 
@@ -31,6 +32,9 @@
 
 #define MM_WATCH_MAX_BACKOFF_SECS 30
 #define MM_WATCH_POLL_MSECS 1000
+/* looked up to connect the listing's connection (watch_list_connect()):
+   not a name any userdb holds */
+#define MM_WATCH_PROBE_USER "mailmeta-watch connect"
 
 struct mm_watch {
 	const struct mm_mirror_watch_settings *set;
@@ -331,37 +335,80 @@ marks_due(struct mm_watch *w)
 	return w->rescan || mm_pending_next_due(w->pending, now) == 0;
 }
 
+/* A connection to Dovecot's auth userdb socket for listing users, or
+   NULL when it cannot be had.  Dovecot 2.3's listing (and so
+   mail_storage_service_all_init()) panics when its connection fails to
+   connect: auth_master_user_list_deinit() then trips an assertion in
+   auth_master_unset_io().  That happens whenever the socket is away, as
+   during a restart of Dovecot.  So the watcher lists over a connection
+   that a user lookup has connected first; a lookup that cannot connect
+   just fails. */
+static struct auth_master_connection *
+watch_list_connect(struct mm_watch *w)
+{
+	struct auth_master_connection *conn;
+	struct auth_user_info info;
+	const char *username, *const *fields;
+	pool_t pool;
+	int ret;
+
+	mail_storage_service_init_settings(w->storage, NULL);
+	conn = auth_master_init(auth_master_get_socket_path(
+			mail_storage_service_get_auth_conn(w->storage)), 0);
+	i_zero(&info);
+	info.service = "doveadm";
+	pool = pool_alloconly_create("mailmeta list connect", 512);
+	ret = auth_master_user_lookup(conn, MM_WATCH_PROBE_USER, &info, pool,
+				      &username, &fields);
+	pool_unref(&pool);
+	if (ret < 0)
+		auth_master_deinit(&conn);
+	return conn;
+}
+
 /* Syncs every user the userdb lists, counting them in *count, and between
    them the users whose marks are due: 0 done (or stopping), 1 PostgreSQL
    is unreachable (or the spool unusable), -1 the listing failed. */
 static int
 check_listed_users(struct mm_watch *w, unsigned int *count)
 {
+	struct auth_master_connection *conn;
+	struct auth_master_user_list_ctx *list;
 	const char *user;
-	int ret;
+	int ret = 0;
 
-	mail_storage_service_all_init_mask(w->storage, "");
-	while ((ret = mail_storage_service_all_next(w->storage, &user)) > 0) {
+	if ((conn = watch_list_connect(w)) == NULL)
+		return -1;
+	list = auth_master_user_list_init(conn, "", NULL);
+	while ((user = auth_master_user_list_next(list)) != NULL) {
 		enum mm_mirror_result result;
 
 		if (watch_stopping(w))
-			return 0;
+			break;
 		(*count)++;
 		T_BEGIN {
 			result = watch_sync_user(w, t_strdup(user));
 		} T_END;
-		if (result == MM_MIRROR_DB_DOWN)
-			return 1;
+		if (result == MM_MIRROR_DB_DOWN) {
+			ret = 1;
+			break;
+		}
 		if (marks_due(w)) {
 			int failed;
 
 			T_BEGIN {
 				failed = process_spool(w);
 			} T_END;
-			if (failed < 0)
-				return 1;
+			if (failed < 0) {
+				ret = 1;
+				break;
+			}
 		}
 	}
+	if (auth_master_user_list_deinit(&list) < 0 && ret == 0 &&
+	    !watch_stopping(w))
+		ret = -1;
+	auth_master_deinit(&conn);
 	return ret;
 }
 

@@ -891,6 +891,32 @@ def test_drift_behind_the_plugins_back_is_repaired(stack, mailbox):
     assert mirror_state(stack, user) == imap_state(stack, user, pw)
 
 
+def test_the_auth_socket_away_during_a_drift_check_costs_no_crash(stack, mailbox):
+    """Dovecot restarting: its auth userdb socket is away when the drift
+    check lists the users.  Dovecot 2.3's own listing panics then; the
+    watcher must log the failed listing, live on, and check again."""
+    user, pw = mailbox
+    append(stack, user, pw, "before")
+    wait_mirror(stack, user, pw)
+    with open(os.path.join(stack.env["STACK_DIR"], "run", "mirror", "watch.pid")) as f:
+        watcher = int(f.read().strip())
+    socket = os.path.join(stack.env["STACK_DIR"], "run", "dovecot", "auth-userdb")
+    offset = log_offset(stack, "mirror.log")
+    os.rename(socket, socket + ".away")
+    try:
+        deadline = time.monotonic() + 45    # the stack checks every 30 s
+        while not mirror_log_since(stack, offset, "listing users failed"):
+            assert time.monotonic() < deadline, "no drift check began"
+            time.sleep(0.1)
+    finally:
+        os.rename(socket + ".away", socket)
+    time.sleep(0.5)
+    os.kill(watcher, 0)     # still there
+    assert not mirror_log_since(stack, offset, "Panic")
+    append(stack, user, pw, "after")
+    wait_mirror(stack, user, pw)
+
+
 def pg_ctl(stack, *args):
     bindir = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
     subprocess.run(["runuser", "-u", "postgres", "--", f"{bindir}/pg_ctl",
