@@ -344,8 +344,8 @@ lmtp_run() {
 			# on this shared stack others restart PostgreSQL (LMTP's
 			# userdb lookups fail meanwhile): run it again
 			log "  (LMTP run stored $((count - MAILBOX_MESSAGES)) of $MESSAGES messages: $(head -c 200 "$WORK/smtp-source.err"); repeated)"
-			cleanup_one "$user"
 			resume_mirror
+			cleanup_one "$user"
 			continue
 		fi
 		if [ "$arm" = with ]; then
@@ -366,8 +366,10 @@ lmtp_run() {
 			return
 		fi
 		busy=$(echo "scale=3; 1000 * ($(machine_busy) - $busy0) / $MESSAGES" | bc)
-		cleanup_one "$user"
+		# the watcher first: paused within a sync, it holds locks that
+		# deleting a user waits for
 		resume_mirror
+		cleanup_one "$user"
 		echo "$(echo "scale=1; $MESSAGES / ($delivered - $start)" | bc) $busy"
 		return
 	done
@@ -519,8 +521,8 @@ imap_run() {
 		if ! out=$("$PYTHON" "$WORK/imap-load.py" 127.0.0.1 "$IMAP_PORT" "$PASSWORD" "$IMAP_OPS" \
 			"$MIRROR_SPOOL_DIR" "${users[@]}" 2>"$WORK/imap-load.err"); then
 			log "  (IMAP run failed: $(tail -c 300 "$WORK/imap-load.err"); repeated)"
-			for u in "${users[@]}"; do cleanup_one "$u"; done
 			resume_mirror
+			for u in "${users[@]}"; do cleanup_one "$u"; done
 			continue
 		fi
 		read -r ops secs ended busy <<<"$(head -1 <<<"$out")"
@@ -538,8 +540,8 @@ imap_run() {
 			for u in "${users[@]}"; do cleanup_one "$u"; done
 			return
 		fi
+		resume_mirror	# first: see lmtp_run
 		for u in "${users[@]}"; do cleanup_one "$u"; done
-		resume_mirror
 		echo "$(echo "scale=1; $ops / $secs" | bc) $busy"
 		return
 	done
