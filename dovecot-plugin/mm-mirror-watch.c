@@ -32,6 +32,12 @@
 
 #define MM_WATCH_MAX_BACKOFF_SECS 30
 #define MM_WATCH_POLL_MSECS 1000
+/* A busy host opens marks hundreds of times a second, each an inotify
+   event.  Once one has come, the watcher lets more queue up this long
+   before it reads them: a burst of changes costs one wakeup, not one per
+   change.  Well below mailmeta_sync_delay, which it may lengthen by that
+   much at most. */
+#define MM_WATCH_COALESCE_MSECS 50
 /* looked up to connect the listing's connection (watch_list_connect()):
    not a name any userdb holds */
 #define MM_WATCH_PROBE_USER "mailmeta-watch connect"
@@ -477,8 +483,11 @@ watch_wait(struct mm_watch *w)
 		pfd.fd = w->inotify_fd;
 		pfd.events = POLLIN;
 		pfd.revents = 0;
-		if (poll(&pfd, 1, timeout) > 0)
+		if (poll(&pfd, 1, timeout) > 0) {
+			(void)poll(NULL, 0,
+				   I_MIN(timeout, MM_WATCH_COALESCE_MSECS));
 			watch_read_events(w);
+		}
 		/* else a timeout or a signal: look again */
 	}
 }
