@@ -894,7 +894,7 @@ def test_drift_behind_the_plugins_back_is_repaired(stack, mailbox):
 def test_the_auth_socket_away_during_a_drift_check_costs_no_crash(stack, mailbox):
     """Dovecot restarting: its auth userdb socket is away when the drift
     check lists the users.  Dovecot 2.3's own listing panics then; the
-    watcher must log the failed listing, live on, and check again."""
+    watcher must log the failed listing, live on, and go on mirroring."""
     user, pw = mailbox
     append(stack, user, pw, "before")
     wait_mirror(stack, user, pw)
