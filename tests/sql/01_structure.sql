@@ -111,7 +111,7 @@ SELECT set_eq($$
      WHERE p.pronamespace = 'mail'::regnamespace AND NOT p.prosecdef $$,
     ARRAY['mail.clean_message_id(text)', 'mail.json_bigint(jsonb)',
           'mail.message_id_list(jsonb,integer)', 'mail.message_id_list_all(jsonb,integer)',
-          'mail.parse_timestamptz(text)', 'mail.parse_inet(text)',
+          'mail.parse_timestamptz(text)', 'mail.parse_timestamptz_strict(text)', 'mail.parse_inet(text)',
           'mail.contact_address_problem(text)', 'mail.json_integer(jsonb,bigint,bigint)',
           'mail.is_uuid(text)', 'mail.is_sent_folder(text)', 'mail.header_recipients(jsonb)',
           'mail.mirror_batch_rows(jsonb)', 'mail.encode_cursor(timestamp with time zone,bigint)'],

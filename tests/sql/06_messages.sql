@@ -7,7 +7,7 @@
 -- message, checking that nothing was written.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(143);
+SELECT plan(163);
 \ir 06_helpers.psql
 
 -- ------------------------------------------------------------ structure
@@ -367,6 +367,15 @@ SELECT is(mail.parse_timestamptz(v), NULL, 'parse_timestamptz refuses ' || quote
   FROM unnest(ARRAY['now', 'epoch', 'infinity', 'today', '2000-01-01 00:00:00', '2000-13-01T00:00:00Z']) AS v;
 SELECT is(mail.parse_timestamptz('2000-05-17T19:30:20-04:00'), '2000-05-17 23:30:20+00'::timestamptz,
           'parse_timestamptz reads an offset');
+SELECT is(mail.parse_timestamptz(v), mail.parse_timestamptz_strict(v),
+          'parse_timestamptz agrees with its strict form on ' || quote_literal(v))
+  FROM unnest(ARRAY['2026-12-07T10:00:00Z', '2026-12-07t10:00:00z', '2026-12-07 10:00:00+01:00',
+                    '2026-12-07T10:00Z', '2026-12-07T10:00:00.123456789-0530', '2026-12-07T10:00:00+05',
+                    '2024-02-29T12:00:00Z', '2026-02-29T12:00:00Z', '2026-04-31T00:00:00Z',
+                    '2026-12-07T24:00:00Z', '2026-12-07T23:59:60Z', '2026-12-07T10:00:00+15:00',
+                    '2026-12-07T10:00:00+16:00', '0000-01-01T00:00:00Z', '0999-12-31T23:59:59Z',
+                    '2026-00-10T00:00:00Z', '2026-12-00T00:00:00Z', '2026-12-07T10:60:00Z',
+                    '2026-12-07T10:00:00', 'now']) AS v;
 SELECT is(mail.message_id_list(v, 10), '{}'::text[], 'message_id_list of ' || v::text || ' is empty')
   FROM unnest(ARRAY['["<>"]', '[null]', '[" <> ", null]', '[]', 'null', '{}']::jsonb[]) AS v;
 SELECT is(mail.message_id_list('["<a@x>", "b@x", " <a@x> "]', 10), ARRAY['a@x', 'b@x'],
