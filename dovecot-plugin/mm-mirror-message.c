@@ -69,40 +69,64 @@ read_message(struct mail *mail, mm_mirror_read_callback_t *callback,
 	return ret;
 }
 
-static void
-hash_callback(const unsigned char *data, size_t size, void *context)
-{
-	EVP_MD_CTX *md = context;
-
-	(void)EVP_DigestUpdate(md, data, size);
-}
-
-enum mm_mirror_read
-mm_mirror_message_id(struct mail *mail, char id_r[MM_UUID_TEXT_SIZE],
-		     const char **error_r)
+/* Looks for the X-Mailmeta-ID the milter stamped.  Returns 0 when there
+   is none, else 1 with *read_r telling whether id_r holds it (OK) or
+   reading the header failed. */
+static int
+stamped_id(struct mail *mail, char id_r[MM_UUID_TEXT_SIZE],
+	   enum mm_mirror_read *read_r, const char **error_r)
 {
 	const char *value;
+	int ret;
+
+	ret = mail_get_first_header(mail, MAILMETA_ID_HEADER, &value);
+	if (ret < 0) {
+		*read_r = read_failure(mail, "'s header", error_r);
+		return 1;
+	}
+	*read_r = MM_MIRROR_READ_OK;
+	return ret > 0 && mm_mirror_parse_uuid(value, id_r) ? 1 : 0;
+}
+
+/* What one read of the message feeds: the SHA-256 of its id, and when
+   wanted the extractor of its record. */
+struct id_reader {
+	EVP_MD_CTX *md;
+	struct mm_extract *x;
+};
+
+static void
+id_callback(const unsigned char *data, size_t size, void *context)
+{
+	struct id_reader *r = context;
+
+	(void)EVP_DigestUpdate(r->md, data, size);
+	/* a spool failure is flagged in the record by the extractor */
+	if (r->x != NULL)
+		(void)mm_extract_feed(r->x, data, size);
+}
+
+/* Reads the whole message once for its name-based id (and into x, when
+   not NULL). */
+static enum mm_mirror_read
+hashed_id(struct mail *mail, struct mm_extract *x,
+	  char id_r[MM_UUID_TEXT_SIZE], const char **error_r)
+{
 	unsigned char digest[EVP_MAX_MD_SIZE];
 	unsigned int digest_len;
-	EVP_MD_CTX *md;
+	struct id_reader reader = { .x = x };
 	enum mm_mirror_read ret;
-	int hret;
 
-	hret = mail_get_first_header(mail, MAILMETA_ID_HEADER, &value);
-	if (hret < 0)
-		return read_failure(mail, "'s header", error_r);
-	if (hret > 0 && mm_mirror_parse_uuid(value, id_r))
-		return MM_MIRROR_READ_OK;
-
-	md = EVP_MD_CTX_new();
-	if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
-		EVP_MD_CTX_free(md);
+	reader.md = EVP_MD_CTX_new();
+	if (reader.md == NULL ||
+	    EVP_DigestInit_ex(reader.md, EVP_sha256(), NULL) != 1) {
+		EVP_MD_CTX_free(reader.md);
 		*error_r = "SHA-256 unavailable";
 		return MM_MIRROR_READ_FAILED;
 	}
-	ret = read_message(mail, hash_callback, md, error_r);
+	ret = read_message(mail, id_callback, &reader, error_r);
 	if (ret == MM_MIRROR_READ_OK) {
-		if (EVP_DigestFinal_ex(md, digest, &digest_len) != 1 ||
+		if (EVP_DigestFinal_ex(reader.md, digest, &digest_len) != 1 ||
 		    digest_len != 32) {
 			*error_r = "SHA-256 failed";
 			ret = MM_MIRROR_READ_FAILED;
@@ -110,8 +134,19 @@ mm_mirror_message_id(struct mail *mail, char id_r[MM_UUID_TEXT_SIZE],
 			mm_mirror_uuid8_from_sha256(digest, id_r);
 		}
 	}
-	EVP_MD_CTX_free(md);
+	EVP_MD_CTX_free(reader.md);
 	return ret;
+}
+
+enum mm_mirror_read
+mm_mirror_message_id(struct mail *mail, char id_r[MM_UUID_TEXT_SIZE],
+		     const char **error_r)
+{
+	enum mm_mirror_read ret;
+
+	if (stamped_id(mail, id_r, &ret, error_r) > 0)
+		return ret;
+	return hashed_id(mail, NULL, id_r, error_r);
 }
 
 static void
@@ -123,31 +158,27 @@ extract_callback(const unsigned char *data, size_t size, void *context)
 	(void)mm_extract_feed(x, data, size);
 }
 
-enum mm_mirror_read
-mm_mirror_message_record(struct mail *mail, const char *mailmeta_id,
-			 char **json_r, const char **error_r)
+static struct mm_extract *
+record_begin(const char **error_r)
 {
-	char received_at[MM_RFC3339_SIZE];
-	struct timespec ts;
 	struct mm_extract *x;
-	enum mm_mirror_read ret;
-	time_t date;
-	json_t *doc;
-
-	if (mail_get_received_date(mail, &date) < 0)
-		return read_failure(mail, "", error_r);
 
 	mm_extract_library_init();
 	x = mm_extract_new(NULL);
-	if (x == NULL) {
+	if (x == NULL)
 		*error_r = "out of memory";
-		return MM_MIRROR_READ_FAILED;
-	}
-	ret = read_message(mail, extract_callback, x, error_r);
-	if (ret != MM_MIRROR_READ_OK) {
-		mm_extract_free(&x);
-		return ret;
-	}
+	return x;
+}
+
+/* The record of the message x was fed, as JSON; frees x. */
+static enum mm_mirror_read
+record_finish(struct mm_extract *x, const char *mailmeta_id, time_t date,
+	      char **json_r, const char **error_r)
+{
+	char received_at[MM_RFC3339_SIZE];
+	struct timespec ts;
+	json_t *doc;
+
 	doc = mm_extract_finish(x);
 	mm_extract_free(&x);
 	if (doc == NULL) {
@@ -179,4 +210,47 @@ mm_mirror_message_record(struct mail *mail, const char *mailmeta_id,
 		return MM_MIRROR_READ_FAILED;
 	}
 	return MM_MIRROR_READ_OK;
+}
+
+enum mm_mirror_read
+mm_mirror_message_record(struct mail *mail, const char *mailmeta_id,
+			 char **json_r, const char **error_r)
+{
+	struct mm_extract *x;
+	enum mm_mirror_read ret;
+	time_t date;
+
+	if (mail_get_received_date(mail, &date) < 0)
+		return read_failure(mail, "", error_r);
+	if ((x = record_begin(error_r)) == NULL)
+		return MM_MIRROR_READ_FAILED;
+	ret = read_message(mail, extract_callback, x, error_r);
+	if (ret != MM_MIRROR_READ_OK) {
+		mm_extract_free(&x);
+		return ret;
+	}
+	return record_finish(x, mailmeta_id, date, json_r, error_r);
+}
+
+enum mm_mirror_read
+mm_mirror_message_id_record(struct mail *mail, char id_r[MM_UUID_TEXT_SIZE],
+			    char **json_r, const char **error_r)
+{
+	struct mm_extract *x;
+	enum mm_mirror_read ret;
+	time_t date;
+
+	*json_r = NULL;
+	if (stamped_id(mail, id_r, &ret, error_r) > 0)
+		return ret;
+	if (mail_get_received_date(mail, &date) < 0)
+		return read_failure(mail, "", error_r);
+	if ((x = record_begin(error_r)) == NULL)
+		return MM_MIRROR_READ_FAILED;
+	ret = hashed_id(mail, x, id_r, error_r);
+	if (ret != MM_MIRROR_READ_OK) {
+		mm_extract_free(&x);
+		return ret;
+	}
+	return record_finish(x, id_r, date, json_r, error_r);
 }

@@ -106,6 +106,15 @@ struct mm_id_wanted {
 	size_t index;		/* in the batch's upsert array */
 };
 
+/* The record of a new message the milter did not stamp, built when its id
+   was read (one read of the message for both), in case the database
+   lacks it: it usually does, for such a message is mostly an APPEND or an
+   import. */
+struct mm_prebuilt {
+	uint32_t uid;
+	char *json;		/* malloc()ed */
+};
+
 /* One folder's messages on their way to mail.mirror_messages(). */
 struct mm_batch {
 	struct mm_sync *sync;
@@ -121,6 +130,12 @@ struct mm_batch {
 	json_t *upsert, *expunge;
 	ARRAY(struct mm_id_wanted) ids_wanted;
 	unsigned int count;
+	/* build records of new unstamped messages while reading their ids
+	   (an incremental sync: a full one rereads messages that mostly have
+	   their record already) */
+	bool prebuild;
+	ARRAY(struct mm_prebuilt) prebuilt;	/* by UID */
+	size_t prebuilt_bytes;
 };
 
 static void ATTR_FORMAT(3, 4)
@@ -437,6 +452,38 @@ batch_reset_lists(struct mm_batch *b)
 	b->count = 0;
 }
 
+static void
+batch_free_prebuilt(struct mm_batch *b)
+{
+	struct mm_prebuilt *pre;
+
+	array_foreach_modifiable(&b->prebuilt, pre)
+		free(pre->json);
+	array_clear(&b->prebuilt);
+	b->prebuilt_bytes = 0;
+}
+
+static int
+prebuilt_cmp(const uint32_t *uid, const struct mm_prebuilt *pre)
+{
+	return *uid < pre->uid ? -1 : *uid > pre->uid ? 1 : 0;
+}
+
+/* Takes the record built for UID when its id was read, or NULL. */
+static char *
+batch_take_prebuilt(struct mm_batch *b, uint32_t uid)
+{
+	struct mm_prebuilt *pre;
+	char *json;
+
+	pre = array_bsearch(&b->prebuilt, &uid, prebuilt_cmp);
+	if (pre == NULL)
+		return NULL;
+	json = pre->json;
+	pre->json = NULL;
+	return json;
+}
+
 /* Whether the milter's record of this message may still be on its way:
    it carries the milter's stamp and arrived recently. */
 static bool
@@ -494,27 +541,33 @@ record_message(struct mm_batch *b, uint32_t uid, const char *mailmeta_id)
 {
 	struct mm_sync *sync = b->sync;
 	const char *error = NULL;
-	char *json = NULL;
+	char *json = batch_take_prebuilt(b, uid);
 	enum mm_mirror_read read;
 	int ret = 1;
 
-	if (!mail_set_uid(b->record_mail, uid))
-		return 0;
-	if (milter_record_pending(sync, b->record_mail, mailmeta_id)) {
-		sync->stats->deferred++;
-		return 2;
-	}
-	T_BEGIN {
-		read = mm_mirror_message_record(b->record_mail, mailmeta_id,
-						&json, &error);
-		if (read == MM_MIRROR_READ_FAILED) {
-			sync_fail(sync, MM_MIRROR_FAILED, "%s: %s",
-				  b->folder->vname, error);
-			ret = -1;
-		} else if (read == MM_MIRROR_READ_EXPUNGED) {
-			ret = 0;
+	/* a prebuilt record is of an unstamped message: its id is the hash
+	   of the message, no milter record is on its way */
+	if (json != NULL)
+		sync->stats->records_one_read++;
+	else {
+		if (!mail_set_uid(b->record_mail, uid))
+			return 0;
+		if (milter_record_pending(sync, b->record_mail, mailmeta_id)) {
+			sync->stats->deferred++;
+			return 2;
 		}
-	} T_END;
+		T_BEGIN {
+			read = mm_mirror_message_record(b->record_mail,
+				mailmeta_id, &json, &error);
+			if (read == MM_MIRROR_READ_FAILED) {
+				sync_fail(sync, MM_MIRROR_FAILED, "%s: %s",
+					  b->folder->vname, error);
+				ret = -1;
+			} else if (read == MM_MIRROR_READ_EXPUNGED) {
+				ret = 0;
+			}
+		} T_END;
+	}
 	if (ret > 0) {
 		if (sync->records_pending > 0)
 			str_append_c(sync->records, ',');
@@ -531,14 +584,32 @@ record_message(struct mm_batch *b, uint32_t uid, const char *mailmeta_id)
 }
 
 /* Reads the mailmeta_id of mail from the message into id: 1, 0 the
-   message is gone, -1 failed. */
+   message is gone, -1 failed.  With prebuild, a message the milter did
+   not stamp also gets its record built, from the same read, kept for
+   record_message() (within MM_MIRROR_RECORDS_MAX_BYTES per batch). */
 static int
-batch_read_id(struct mm_batch *b, struct mail *mail,
+batch_read_id(struct mm_batch *b, struct mail *mail, bool prebuild,
 	      char id[MM_UUID_TEXT_SIZE])
 {
 	const char *error = NULL;
+	enum mm_mirror_read read;
+	char *json = NULL;
 
-	switch (mm_mirror_message_id(mail, id, &error)) {
+	prebuild = prebuild && b->prebuild &&
+		b->prebuilt_bytes < MM_MIRROR_RECORDS_MAX_BYTES;
+	if (!prebuild)
+		read = mm_mirror_message_id(mail, id, &error);
+	else
+		read = mm_mirror_message_id_record(mail, id, &json, &error);
+	if (json != NULL) {
+		struct mm_prebuilt *pre = array_append_space(&b->prebuilt);
+
+		/* UIDs come in ascending order: the array stays sorted */
+		pre->uid = mail->uid;
+		pre->json = json;
+		b->prebuilt_bytes += strlen(json);
+	}
+	switch (read) {
 	case MM_MIRROR_READ_OK:
 		return 1;
 	case MM_MIRROR_READ_EXPUNGED:
@@ -600,7 +671,7 @@ batch_fill_ids(struct mm_batch *b, bool *stale)
 		else if (!mail_set_uid(b->record_mail, want->uid))
 			r = 0;
 		else
-			r = batch_read_id(b, b->record_mail, id);
+			r = batch_read_id(b, b->record_mail, FALSE, id);
 		if (r < 0) {
 			ret = -1;
 			break;
@@ -676,6 +747,8 @@ batch_flush(struct mm_batch *b, bool *stale)
 			*stale = TRUE;
 	}
 	PQclear(res);
+	/* those the database had after all (copies of recorded messages) */
+	batch_free_prebuilt(b);
 	if (ret == 0 && records_flush(sync) < 0)
 		ret = -1;
 	return ret;
@@ -695,7 +768,7 @@ batch_add_mail(struct mm_batch *b, struct mail *mail)
 
 	/* what the mirror had at its last sync (a flag change, mostly) is
 	   not read again for its id: batch_fill_ids() */
-	if (!id_from_mirror && (ret = batch_read_id(b, mail, id)) <= 0)
+	if (!id_from_mirror && (ret = batch_read_id(b, mail, TRUE, id)) <= 0)
 		return ret;
 	if (mail_get_received_date(mail, &received) < 0 ||
 	    mail_get_virtual_size(mail, &size) < 0) {
@@ -748,7 +821,9 @@ send_messages(struct mm_sync *sync, struct mm_folder *f, struct mailbox *box,
 	b.uidvalidity = status->uidvalidity;
 	b.reset = full;
 	b.known_below = full ? 0 : f->r_uidnext;
+	b.prebuild = !full;
 	i_array_init(&b.ids_wanted, 64);
+	i_array_init(&b.prebuilt, 16);
 	batch_reset_lists(&b);
 	if (expunged != NULL) {
 		const struct seq_range *range;
@@ -817,6 +892,8 @@ send_messages(struct mm_sync *sync, struct mm_folder *f, struct mailbox *box,
 	json_decref(b.upsert);
 	json_decref(b.expunge);
 	array_free(&b.ids_wanted);
+	batch_free_prebuilt(&b);
+	array_free(&b.prebuilt);
 	return ret;
 }
 

@@ -33,6 +33,7 @@ struct mm_mirror_sync_stats {
 	unsigned int messages;		/* upserts sent */
 	unsigned int expunges;		/* expunged UIDs sent */
 	unsigned int records;		/* metadata records built */
+	unsigned int records_one_read;	/* of those, read with their id */
 	unsigned int deferred;		/* waiting for the milter's record */
 };
 

@@ -142,10 +142,12 @@ watch_sync_user(struct mm_watch *w, const char *username)
 		if (stats.folders_synced > 0) {
 			i_info("mailmeta: %s: synced %u of %u folders "
 			       "(%u in full): %u messages, %u expunged, "
-			       "%u records built%s", username,
+			       "%u records built (%u read once with their "
+			       "id)%s", username,
 			       stats.folders_synced, stats.folders,
 			       stats.full_sends, stats.messages,
 			       stats.expunges, stats.records,
+			       stats.records_one_read,
 			       stats.deferred == 0 ? "" : t_strdup_printf(
 				", %u waiting for the milter's record",
 				stats.deferred));

@@ -322,6 +322,44 @@ def test_append_to_sent_and_drafts_builds_metadata(stack, mailbox):
                      mid) == [["1"]]
 
 
+def test_a_new_message_is_read_once_for_its_id_and_record(stack, mailbox):
+    """A message appended to a folder the mirror already holds is read once:
+    the read that hashes it for its id also builds its record, which is
+    the extractor's (parts, attachment hashes) all the same."""
+    user, pw = mailbox
+    attachment = os.urandom(3000)
+    encoded = base64.encodebytes(attachment).replace(b"\n", b"\r\n")
+    msg = (f"From: {user}\r\nTo: Friend <friend@example.org>\r\n"
+           f"Subject: read once\r\nMessage-ID: <{uuid.uuid4().hex}@example.org>\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n"
+           "--b1\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+           "--b1\r\nContent-Type: application/octet-stream\r\n"
+           "Content-Disposition: attachment; filename=report.bin\r\n"
+           "Content-Transfer-Encoding: base64\r\n\r\n").encode() + encoded + b"--b1--\r\n"
+    append(stack, user, pw, "before")
+    wait_mirror(stack, user, pw)
+    wait_no_marks(stack, user)
+    offset = log_offset(stack, "mirror.log")
+    m = stack.imap(user, pw)
+    try:
+        uid = appenduid(m.append("INBOX", None, None, msg))
+    finally:
+        m.logout()
+    wait_mirror(stack, user, pw)
+    wait_no_marks(stack, user)
+    mid, size = mirror_row(stack, user, "INBOX", uid)
+    assert mid == uuid8(msg) and int(size) == len(msg)
+    assert stack.sql("SELECT direction, subject, size_bytes, attachment_count"
+                     " FROM mail.messages WHERE mailmeta_id = %s", mid) == [
+        ["mailbox", "read once", str(len(msg)), "1"]]
+    assert stack.sql("SELECT part, filename, content_type, size_bytes, encode(sha256, 'hex')"
+                     " FROM mail.attachment_parts WHERE mailmeta_id = %s", mid) == [
+        ["2", "report.bin", "application/octet-stream", str(len(attachment)),
+         hashlib.sha256(attachment).hexdigest()]]
+    syncs = mirror_log_since(stack, offset, f"mailmeta: {user}: synced ")
+    assert any("1 records built (1 read once with their id)" in line for line in syncs), syncs
+
+
 def test_store_copy_move_expunge(stack, mailbox):
     user, pw = mailbox
     for msg in [deliver(stack, user) for _ in range(3)]:
