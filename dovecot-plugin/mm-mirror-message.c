@@ -158,18 +158,6 @@ extract_callback(const unsigned char *data, size_t size, void *context)
 	(void)mm_extract_feed(x, data, size);
 }
 
-static struct mm_extract *
-record_begin(const char **error_r)
-{
-	struct mm_extract *x;
-
-	mm_extract_library_init();
-	x = mm_extract_new(NULL);
-	if (x == NULL)
-		*error_r = "out of memory";
-	return x;
-}
-
 /* The record of the message x was fed, as JSON; frees x. */
 static enum mm_mirror_read
 record_finish(struct mm_extract *x, const char *mailmeta_id, time_t date,
@@ -212,9 +200,11 @@ record_finish(struct mm_extract *x, const char *mailmeta_id, time_t date,
 	return MM_MIRROR_READ_OK;
 }
 
-enum mm_mirror_read
-mm_mirror_message_record(struct mail *mail, const char *mailmeta_id,
-			 char **json_r, const char **error_r)
+/* Reads the message once and builds its record, under mailmeta_id, or
+   when id_r is not NULL under the name-based id the same read hashes. */
+static enum mm_mirror_read
+record_build(struct mail *mail, const char *mailmeta_id,
+	     char id_r[MM_UUID_TEXT_SIZE], char **json_r, const char **error_r)
 {
 	struct mm_extract *x;
 	enum mm_mirror_read ret;
@@ -222,9 +212,18 @@ mm_mirror_message_record(struct mail *mail, const char *mailmeta_id,
 
 	if (mail_get_received_date(mail, &date) < 0)
 		return read_failure(mail, "", error_r);
-	if ((x = record_begin(error_r)) == NULL)
+	mm_extract_library_init();
+	x = mm_extract_new(NULL);
+	if (x == NULL) {
+		*error_r = "out of memory";
 		return MM_MIRROR_READ_FAILED;
-	ret = read_message(mail, extract_callback, x, error_r);
+	}
+	if (id_r != NULL) {
+		ret = hashed_id(mail, x, id_r, error_r);
+		mailmeta_id = id_r;
+	} else {
+		ret = read_message(mail, extract_callback, x, error_r);
+	}
 	if (ret != MM_MIRROR_READ_OK) {
 		mm_extract_free(&x);
 		return ret;
@@ -233,24 +232,20 @@ mm_mirror_message_record(struct mail *mail, const char *mailmeta_id,
 }
 
 enum mm_mirror_read
+mm_mirror_message_record(struct mail *mail, const char *mailmeta_id,
+			 char **json_r, const char **error_r)
+{
+	return record_build(mail, mailmeta_id, NULL, json_r, error_r);
+}
+
+enum mm_mirror_read
 mm_mirror_message_id_record(struct mail *mail, char id_r[MM_UUID_TEXT_SIZE],
 			    char **json_r, const char **error_r)
 {
-	struct mm_extract *x;
 	enum mm_mirror_read ret;
-	time_t date;
 
 	*json_r = NULL;
 	if (stamped_id(mail, id_r, &ret, error_r) > 0)
 		return ret;
-	if (mail_get_received_date(mail, &date) < 0)
-		return read_failure(mail, "", error_r);
-	if ((x = record_begin(error_r)) == NULL)
-		return MM_MIRROR_READ_FAILED;
-	ret = hashed_id(mail, x, id_r, error_r);
-	if (ret != MM_MIRROR_READ_OK) {
-		mm_extract_free(&x);
-		return ret;
-	}
-	return record_finish(x, id_r, date, json_r, error_r);
+	return record_build(mail, NULL, id_r, json_r, error_r);
 }
