@@ -7,6 +7,8 @@
  *	                                        rebuild it in full
  *	doveadm mailmeta watch                  the long-running syncer: dirty
  *	                                        marks, retries, drift checks
+ *	                                        (-w i/n: worker i of n, as the
+ *	                                        watcher starts its workers)
  *
  * Settings (plugin section):
  *	mailmeta_dsn             libpq connection string, role mailmeta_mirror
@@ -17,6 +19,8 @@
  *	                         `watch` syncs them (default 250 ms)
  *	mailmeta_sync_max_delay  how long a change waits at most while its
  *	                         user keeps changing (default 2 s)
+ *	mailmeta_watch_workers   processes of `watch` that sync users in
+ *	                         parallel (default: one per CPU, at most 4)
  *	mailmeta_stamped_grace   how long a message the milter stamped waits
  *	                         for the milter's record before one is built
  *	                         from the mailbox (default 1 hour)
@@ -27,6 +31,7 @@
  * doveadm module directory.
  */
 #include "lib.h"
+#include "strnum.h"
 #include "module-dir.h"
 #include "settings-parser.h"
 #include "mail-user.h"
@@ -34,6 +39,7 @@
 #include "doveadm-print.h"
 
 #include <sysexits.h>
+#include <unistd.h>
 
 #include "mm-mirror-db.h"
 #include "mm-mirror-sync.h"
@@ -45,6 +51,9 @@
 #define MAILMETA_DEFAULT_LOCK_TIMEOUT "10 s"
 /* the mirror may lag by this much: more is a typo, not a choice */
 #define MAILMETA_MAX_SYNC_DELAY_MSECS 60000
+/* mailmeta_watch_workers: each holds a PostgreSQL connection */
+#define MAILMETA_MAX_WATCH_WORKERS 64
+#define MAILMETA_DEFAULT_WATCH_WORKERS_MAX 4
 
 struct mailmeta_cmd_context {
 	struct doveadm_mail_cmd_context ctx;
@@ -170,8 +179,59 @@ watch_delay_setting(const char *name, const char *default_value,
 	return 0;
 }
 
+/* mailmeta_watch_workers: 1 to 64; unset, one per online CPU, at most 4
+   (the mirror's share of a host is then bounded, and more than a few
+   connections' worth of writers gains little on one PostgreSQL).  -1
+   logged when invalid. */
+static int
+watch_workers_setting(unsigned int *workers_r)
+{
+	const char *value = doveadm_plugin_getenv("mailmeta_watch_workers");
+	long cpus;
+
+	if (value == NULL || value[0] == '\0') {
+		cpus = sysconf(_SC_NPROCESSORS_ONLN);
+		*workers_r = cpus < 1 ? 1 :
+			I_MIN((unsigned int)cpus,
+			      MAILMETA_DEFAULT_WATCH_WORKERS_MAX);
+		return 0;
+	}
+	if (str_to_uint(value, workers_r) < 0 || *workers_r == 0 ||
+	    *workers_r > MAILMETA_MAX_WATCH_WORKERS) {
+		i_error("mailmeta: invalid mailmeta_watch_workers '%s': "
+			"a number from 1 to %u", value,
+			MAILMETA_MAX_WATCH_WORKERS);
+		return -1;
+	}
+	return 0;
+}
+
+/* A worker started by the watcher's supervisor is told on its command line
+   (-w i/n, mm-mirror-watch.h) which one it is, and of how many: the
+   supervisor's count, whatever the configuration says now.  -1 logged
+   when that is malformed. */
+static int
+watch_worker_param(const struct doveadm_cmd_context *cctx,
+		   struct mm_mirror_watch_settings *set)
+{
+	const char *value, *end;
+
+	if (!doveadm_cmd_param_str(cctx, "worker", &value))
+		return 0;
+	if (str_parse_uint(value, &set->worker, &end) < 0 || *end != '/' ||
+	    str_to_uint(end + 1, &set->workers) < 0 ||
+	    set->workers > MAILMETA_MAX_WATCH_WORKERS ||
+	    set->worker >= set->workers) {
+		i_error("mailmeta: invalid worker '%s': i/n, i < n <= %u",
+			value, MAILMETA_MAX_WATCH_WORKERS);
+		return -1;
+	}
+	set->worker_given = TRUE;
+	return 0;
+}
+
 static void
-cmd_mailmeta_watch(struct doveadm_cmd_context *cctx ATTR_UNUSED)
+cmd_mailmeta_watch(struct doveadm_cmd_context *cctx)
 {
 	struct mm_mirror_watch_settings set;
 	const char *interval, *error;
@@ -209,11 +269,16 @@ cmd_mailmeta_watch(struct doveadm_cmd_context *cctx ATTR_UNUSED)
 				&set.sync_max_delay_msecs) < 0 ||
 	    watch_delay_setting("mailmeta_lock_timeout",
 				MAILMETA_DEFAULT_LOCK_TIMEOUT,
-				&lock_timeout_msecs) < 0) {
+				&lock_timeout_msecs) < 0 ||
+	    watch_workers_setting(&set.workers) < 0) {
 		doveadm_exit_code = EX_CONFIG;
 		return;
 	}
 	set.lock_timeout_secs = (lock_timeout_msecs + 999) / 1000;
+	if (watch_worker_param(cctx, &set) < 0) {
+		doveadm_exit_code = EX_USAGE;
+		return;
+	}
 	if (mm_mirror_watch_run(&set) < 0)
 		doveadm_exit_code = EX_TEMPFAIL;
 }
@@ -238,9 +303,11 @@ DOVEADM_CMD_PARAMS_END
 	{
 		.name = "mailmeta watch",
 		.cmd = cmd_mailmeta_watch,
-		.usage = "",
+		/* -w: how the supervisor starts its workers */
+		.usage = "[-w <worker>/<workers>]",
 		.flags = CMD_FLAG_NO_PRINT,
 DOVEADM_CMD_PARAMS_START
+DOVEADM_CMD_PARAM('w', "worker", CMD_PARAM_STR, 0)
 DOVEADM_CMD_PARAMS_END
 	},
 };

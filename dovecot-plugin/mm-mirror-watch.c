@@ -7,9 +7,19 @@
  * lists users only to root (or the socket's owner), and the spool is
  * handled as root.  The spool's .claimed/ directory still gets the spool's
  * own owner, so a watcher not started as root works with its own spool.
+ *
+ * With more than one worker the command becomes a supervisor that starts
+ * each worker as the same command again, in a process of its own (see
+ * watch_spawn()): each worker has its own inotify watch, PostgreSQL
+ * connection and auth connection, and owns the users whose mark name
+ * hashes (CRC-32) to its number, so no user is ever synced by two workers
+ * at once.  The supervisor restarts a worker that ends on its own (with a
+ * back-off) and passes SIGTERM on; a worker ends when its supervisor does.
  */
 #include "lib.h"
 #include "array.h"
+#include "crc32.h"
+#include "hostpid.h"
 #include "lib-signals.h"
 #include "master-service.h"
 #include "auth-master.h"
@@ -19,8 +29,14 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
+#include <sysexits.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#ifdef __linux__
+#  include <sys/prctl.h>
+#endif
 #include <time.h>
 #include <unistd.h>
 
@@ -41,9 +57,16 @@
 /* looked up to connect the listing's connection (watch_list_connect()):
    not a name any userdb holds */
 #define MM_WATCH_PROBE_USER "mailmeta-watch connect"
+/* how often the supervisor looks for ended workers */
+#define MM_WATCH_SUPERVISE_MSECS 500
+/* a worker that ran this long before it ended is restarted at once */
+#define MM_WATCH_WORKER_STABLE_SECS 60
 
 struct mm_watch {
 	const struct mm_mirror_watch_settings *set;
+	/* this process syncs the users whose mark names hash to worker
+	   (modulo set->workers) */
+	unsigned int worker;
 	char *claim_dir;
 	struct mm_mirror_db *db;
 	struct mail_storage_service_ctx *storage;
@@ -52,6 +75,8 @@ struct mm_watch {
 	/* the event queue overflowed: names were lost, look at the spool */
 	bool rescan;
 	unsigned int term_counter;
+	/* a worker's supervisor (its parent), 0 when running alone */
+	pid_t supervisor;
 	unsigned int backoff_secs;
 	uint64_t next_check;	/* monotonic msecs */
 	uint64_t last_spool_pass;	/* monotonic msecs */
@@ -60,7 +85,28 @@ struct mm_watch {
 static bool
 watch_stopping(const struct mm_watch *w)
 {
-	return signal_term_counter != w->term_counter;
+	return signal_term_counter != w->term_counter ||
+		(w->supervisor != 0 && getppid() != w->supervisor);
+}
+
+/* Whether this worker syncs the user whose mark name is name. */
+static bool
+watch_owns(const struct mm_watch *w, const char *name)
+{
+	return w->set->workers <= 1 ||
+		crc32_str(name) % w->set->workers == w->worker;
+}
+
+/* The same for a user name, as the userdb lists it.  A name too long for a
+   mark is never marked: the first worker checks it for drift. */
+static bool
+watch_owns_user(const struct mm_watch *w, const char *user)
+{
+	char name[MAILMETA_SPOOL_NAME_SIZE];
+
+	if (!mailmeta_spool_encode(user, name, sizeof(name)))
+		return w->worker == 0;
+	return watch_owns(w, name);
 }
 
 static uint64_t
@@ -253,6 +299,8 @@ process_spool(struct mm_watch *w)
 	array_foreach_elem(&names, name) {
 		if (watch_stopping(w))
 			break;
+		if (!watch_owns(w, name))
+			continue;
 		claim_path(w, name, &spool, &claim);
 		if (!mailmeta_spool_decode(name, user, sizeof(user))) {
 			i_warning("mailmeta: %s is not a user mark; removed",
@@ -322,7 +370,7 @@ watch_read_events(struct mm_watch *w)
 			/* len 0: the spool itself; dot names: the
 			   watcher's own */
 			if (ev->len > 0 && ev->name[0] != '\0' &&
-			    ev->name[0] != '.')
+			    ev->name[0] != '.' && watch_owns(w, ev->name))
 				mm_pending_touch(w->pending, ev->name, now);
 		}
 	}
@@ -393,6 +441,8 @@ check_listed_users(struct mm_watch *w, unsigned int *count)
 
 		if (watch_stopping(w))
 			break;
+		if (!watch_owns_user(w, user))
+			continue;
 		(*count)++;
 		T_BEGIN {
 			result = watch_sync_user(w, t_strdup(user));
@@ -473,6 +523,10 @@ watch_wait(struct mm_watch *w)
 		}
 		int timeout = (int)I_MIN(wake - now, (uint64_t)INT_MAX);
 
+		/* a worker looks at its supervisor this often */
+		if (w->supervisor != 0 && timeout > MM_WATCH_POLL_MSECS)
+			timeout = MM_WATCH_POLL_MSECS;
+
 		if (w->inotify_fd == -1) {
 			/* no events: look at the spool every poll interval */
 			if (w->backoff_secs == 0 && timeout > MM_WATCH_POLL_MSECS)
@@ -520,8 +574,10 @@ watch_init_spool(struct mm_watch *w)
 	t_array_init(&names, 8);
 	if (read_names(w->claim_dir, &names) < 0)
 		return -1;
-	array_foreach_elem(&names, name)
-		put_back(w, name);
+	array_foreach_elem(&names, name) {
+		if (watch_owns(w, name))
+			put_back(w, name);
+	}
 
 	w->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
 	if (w->inotify_fd == -1) {
@@ -537,16 +593,28 @@ watch_init_spool(struct mm_watch *w)
 	return 0;
 }
 
-int
-mm_mirror_watch_run(const struct mm_mirror_watch_settings *set)
+/* One worker: syncs its users until SIGTERM/SIGINT. */
+static int
+watch_run_worker(const struct mm_mirror_watch_settings *set,
+		 unsigned int worker)
 {
 	struct mm_watch w;
 	int ret;
 
 	i_zero(&w);
 	w.set = set;
+	w.worker = worker;
+	if (set->workers > 1)
+		i_set_failure_prefix("doveadm(%s): ", my_pid);
 	w.inotify_fd = -1;
-	w.term_counter = signal_term_counter;
+	/* SIGTERM before now ends us too: the supervisor may have passed it
+	   on while this worker was starting (this command is all the
+	   process does) */
+	w.term_counter = 0;
+	/* A worker notices an ended supervisor by being re-parented:
+	   PR_SET_PDEATHSIG does not outlast the first privilege drop. */
+	if (set->worker_given)
+		w.supervisor = getppid();
 	ret = 0;
 	T_BEGIN {
 		ret = watch_init_spool(&w);
@@ -563,10 +631,12 @@ mm_mirror_watch_run(const struct mm_mirror_watch_settings *set)
 		MAIL_STORAGE_SERVICE_FLAG_TEMP_PRIV_DROP |
 		MAIL_STORAGE_SERVICE_FLAG_NO_LOG_INIT);
 	i_info("mailmeta: watching %s (sync delay %u ms, at most %u ms, "
-	       "drift check every %u s)", set->spool_dir,
+	       "drift check every %u s)%s", set->spool_dir,
 	       set->sync_delay_msecs,
 	       I_MAX(set->sync_max_delay_msecs, set->sync_delay_msecs),
-	       set->check_interval_secs);
+	       set->check_interval_secs, set->workers <= 1 ? "" :
+	       t_strdup_printf(" as worker %u of %u", worker + 1,
+			       set->workers));
 
 	w.next_check = monotonic_msecs();
 	while (!watch_stopping(&w)) {
@@ -602,4 +672,203 @@ mm_mirror_watch_run(const struct mm_mirror_watch_settings *set)
 	i_close_fd(&w.inotify_fd);
 	i_free(w.claim_dir);
 	return 0;
+}
+
+struct watch_worker {
+	pid_t pid;		/* 0: not running */
+	time_t started;
+	unsigned int backoff_secs;
+	uint64_t restart_at;	/* monotonic msecs */
+};
+
+/* The command line this process was started with, to start each worker
+   as a process of its own: /proc/self/cmdline, NUL-separated, with *argc_r
+   arguments and three NULLs after them.  NULL when it cannot be read
+   (logged). */
+static char **
+watch_own_argv(unsigned int *argc_r)
+{
+	static const char *path = "/proc/self/cmdline";
+	char buf[8192];
+	ssize_t len;
+	int fd;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+		i_error("mailmeta: open(%s) failed: %m", path);
+		return NULL;
+	}
+	len = read(fd, buf, sizeof(buf));
+	i_close_fd(&fd);
+	if (len <= 0 || (size_t)len == sizeof(buf) || buf[len - 1] != '\0') {
+		i_error("mailmeta: %s: %s", path, len < 0 ? strerror(errno) :
+			"empty or too long");
+		return NULL;
+	}
+	ARRAY(char *) args;
+	i_array_init(&args, 8);
+	for (ssize_t pos = 0; pos < len; pos += strlen(buf + pos) + 1) {
+		char *arg = i_strdup(buf + pos);
+		array_push_back(&args, &arg);
+	}
+	*argc_r = array_count(&args);
+	/* room for the worker's "-w i/n" and the terminating NULL */
+	for (unsigned int i = 0; i < 3; i++)
+		array_append_zero(&args);
+	return array_free_without_data(&args);
+}
+
+static void
+watch_free_argv(char ***argv)
+{
+	for (char **arg = *argv; *arg != NULL; arg++)
+		i_free(*arg);
+	i_free(*argv);
+}
+
+/* Starts worker number i: this command again, in a process of its own
+   (a forked copy would share Dovecot's ioloop and connections with the
+   supervisor), with "-w i/n" added to tell it which worker of how many it
+   is: the command line, unlike the environment, survives doveadm's
+   re-execution through doveconf, and a worker that took itself for a
+   supervisor would start workers of its own.  Returns its pid, or -1. */
+static pid_t
+watch_spawn(char **argv, unsigned int argc, unsigned int i,
+	    unsigned int workers)
+{
+	pid_t supervisor = getpid(), pid;
+
+	if ((pid = fork()) < 0) {
+		i_error("mailmeta: fork() failed: %m");
+		return -1;
+	}
+	if (pid > 0)
+		return pid;
+#ifdef __linux__
+	/* kept across execve(), until the worker first changes its euid:
+	   it covers the worker's start (see watch_run_worker()) */
+	if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0)
+		i_error("mailmeta: prctl(PR_SET_PDEATHSIG) failed: %m");
+#endif
+	if (getppid() != supervisor)
+		_exit(0);	/* it ended before prctl() */
+	/* argv has room for these two and the terminating NULL */
+	argv[argc] = (char *)"-w";
+	argv[argc + 1] = (char *)t_strdup_printf("%u/%u", i, workers);
+	argv[argc + 2] = NULL;
+	execv("/proc/self/exe", argv);
+	i_error("mailmeta: execv(/proc/self/exe) failed: %m");
+	_exit(EX_OSERR);
+}
+
+/* Notes a worker that has ended and when to start it again: at once after
+   a long life, else after a back-off (1 s doubling to 30 s) so a worker
+   that cannot start does not spin. */
+static void
+watch_worker_ended(struct watch_worker *worker, unsigned int i, int status)
+{
+	uint64_t now = monotonic_msecs();
+
+	if (time(NULL) - worker->started >= MM_WATCH_WORKER_STABLE_SECS)
+		worker->backoff_secs = 0;
+	else if (worker->backoff_secs == 0)
+		worker->backoff_secs = 1;
+	else
+		worker->backoff_secs = I_MIN(worker->backoff_secs * 2,
+					     MM_WATCH_MAX_BACKOFF_SECS);
+	worker->restart_at = now + worker->backoff_secs * 1000;
+	if (WIFSIGNALED(status)) {
+		i_error("mailmeta: worker %u (pid %ld) killed by signal %d; "
+			"restarting it in %u s", i + 1, (long)worker->pid,
+			WTERMSIG(status), worker->backoff_secs);
+	} else {
+		i_error("mailmeta: worker %u (pid %ld) ended with status %d; "
+			"restarting it in %u s", i + 1, (long)worker->pid,
+			WEXITSTATUS(status), worker->backoff_secs);
+	}
+	worker->pid = 0;
+}
+
+/* Ends the workers and waits for them (each finishes the user it is
+   syncing). */
+static void
+watch_stop_workers(struct watch_worker *workers, unsigned int count)
+{
+	for (unsigned int i = 0; i < count; i++) {
+		if (workers[i].pid > 0 && kill(workers[i].pid, SIGTERM) < 0 &&
+		    errno != ESRCH)
+			i_error("mailmeta: kill(%ld) failed: %m",
+				(long)workers[i].pid);
+	}
+	for (unsigned int i = 0; i < count; i++) {
+		while (workers[i].pid > 0 &&
+		       waitpid(workers[i].pid, NULL, 0) < 0 && errno == EINTR) ;
+		workers[i].pid = 0;
+	}
+}
+
+/* Runs set->workers workers until SIGTERM/SIGINT. */
+static int
+watch_supervise(const struct mm_mirror_watch_settings *set)
+{
+	struct watch_worker *workers;
+	unsigned int term_counter = signal_term_counter;
+	char **argv;
+	unsigned int argc;
+	int status;
+
+	if ((argv = watch_own_argv(&argc)) == NULL)
+		return -1;
+	workers = i_new(struct watch_worker, set->workers);
+	while (signal_term_counter == term_counter) {
+		for (unsigned int i = 0; i < set->workers; i++) {
+			struct watch_worker *worker = &workers[i];
+			pid_t pid;
+
+			if (worker->pid > 0) {
+				pid = waitpid(worker->pid, &status, WNOHANG);
+				if (pid == 0 || (pid < 0 && errno == EINTR))
+					continue;
+				watch_worker_ended(worker, i,
+						   pid < 0 ? 0 : status);
+			}
+			if (monotonic_msecs() < worker->restart_at)
+				continue;
+			worker->started = time(NULL);
+			if ((pid = watch_spawn(argv, argc, i, set->workers)) < 0) {
+				worker->backoff_secs = MM_WATCH_MAX_BACKOFF_SECS;
+				worker->restart_at = monotonic_msecs() +
+					MM_WATCH_MAX_BACKOFF_SECS * 1000;
+				continue;
+			}
+			worker->pid = pid;
+		}
+		/* a signal ends the wait early */
+		(void)poll(NULL, 0, MM_WATCH_SUPERVISE_MSECS);
+	}
+	i_info("mailmeta: stopping %u workers", set->workers);
+	watch_stop_workers(workers, set->workers);
+	i_free(workers);
+	watch_free_argv(&argv);
+	return 0;
+}
+
+int
+mm_mirror_watch_run(const struct mm_mirror_watch_settings *set)
+{
+	struct stat st;
+
+	if (set->worker_given)
+		return watch_run_worker(set, set->worker);
+	if (set->workers <= 1)
+		return watch_run_worker(set, 0);
+	/* what every worker would fail on: fail once, before starting them */
+	if (stat(set->spool_dir, &st) < 0) {
+		i_error("mailmeta: stat(%s) failed: %m (mailmeta_spool_dir)",
+			set->spool_dir);
+		return -1;
+	}
+	i_set_failure_prefix("doveadm(%s): ", my_pid);
+	i_info("mailmeta: starting %u workers (spool %s)", set->workers,
+	       set->spool_dir);
+	return watch_supervise(set);
 }

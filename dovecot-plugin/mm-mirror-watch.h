@@ -23,10 +23,14 @@
  * mirror cheap under load; the mirror lags by sync_delay after a change, by
  * at most sync_max_delay (plus one sync) under a steady stream.  The mail
  * plugin opens a user's mark at every change, so inotify's open events tell
- * the watcher when a user is still busy.  It syncs one user at a time, so
- * it waits at most lock_timeout for a lock of a user's mailbox: a lock held
- * by a hung process, or left behind, delays that user's sync, not everyone's
- * mirror.  SIGTERM (or SIGINT) ends it after the user being synced.
+ * the watcher when a user is still busy.  Each worker syncs one user at a
+ * time, so it waits at most lock_timeout for a lock of a user's mailbox: a
+ * lock held by a hung process, or left behind, delays that user's sync, not
+ * everyone's mirror.  With several workers (forked by a supervisor) the
+ * users are split between them by a hash of their name, so a host with
+ * many users syncs as many of them at once as there are workers; one
+ * worker per CPU lets the mirror catch up on every core.  SIGTERM (or
+ * SIGINT) ends it after the user being synced.
  */
 #ifndef MM_MIRROR_WATCH_H
 #define MM_MIRROR_WATCH_H
@@ -40,6 +44,13 @@ struct mm_mirror_watch_settings {
 	/* longest wait for a lock of a user's mailbox (Dovecot's
 	   mail_max_lock_timeout for the users it syncs); 0: Dovecot's own */
 	unsigned int lock_timeout_secs;
+	/* processes that sync users in parallel (1: no supervisor) */
+	unsigned int workers;
+	/* this process is a worker the supervisor started, a fresh
+	   `doveadm mailmeta watch -w i/n` (worker i from 0 of n = workers),
+	   not the supervisor */
+	bool worker_given;
+	unsigned int worker;
 };
 
 /* Runs until SIGTERM/SIGINT.  Returns 0, or -1 when it cannot start

@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+import zlib
 
 import pytest
 
@@ -27,6 +28,7 @@ from mmtest import milter_role_refused, new_message
 from test_sieve import ManageSieve
 
 MIRROR_TIMEOUT = 20.0
+WATCH_WORKERS = 2       # mailmeta_watch_workers in scripts/stack.d/dovecot.conf
 SPECIAL_USE = {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk",
                "\\Sent", "\\Trash"}
 
@@ -552,9 +554,28 @@ def test_a_steady_stream_of_changes_is_synced_in_batches(stack, mailbox):
     assert 1 <= len(syncs) <= 5, (stores, syncs)
 
 
+def worker_of(stack, user):
+    """The watcher's worker (from 0) that syncs USER: the CRC-32 of its
+    mark's name, modulo the number of workers."""
+    name = os.path.basename(mark_path(stack, user))
+    return zlib.crc32(name.encode()) % WATCH_WORKERS
+
+
+def locals_of_worker(stack, directory, worker, count):
+    """COUNT fresh local parts whose users the given worker syncs."""
+    found = []
+    while len(found) < count:
+        local = "mirror" + uuid.uuid4().hex[:6]
+        if worker_of(stack, f"{local}@{directory.domain}") == worker:
+            found.append(local)
+    return found
+
+
 def two_mirrored_users(stack, directory):
-    """Two fresh users, each with a message that is mirrored."""
-    users = [directory.add_user("mirror" + uuid.uuid4().hex[:6]) for _ in range(2)]
+    """Two fresh users of one worker, each with a message that is mirrored:
+    one user holding up the other would hold it up within that worker."""
+    users = [directory.add_user(local)
+             for local in locals_of_worker(stack, directory, 0, 2)]
     for user in users:
         append(stack, user, directory.passwords[user], "before")
         wait_mirror(stack, user, directory.passwords[user])
@@ -653,11 +674,165 @@ def test_a_held_lock_does_not_hold_up_the_others(stack, directory):
 @pytest.mark.parametrize("setting, value, error", [
     ("mailmeta_lock_timeout", "2 min", "mailmeta_lock_timeout '2 min' is over a minute"),
     ("mailmeta_sync_delay", "soon", "invalid mailmeta_sync_delay 'soon'"),
+    ("mailmeta_watch_workers", "0", "invalid mailmeta_watch_workers '0'"),
+    ("mailmeta_watch_workers", "65", "invalid mailmeta_watch_workers '65'"),
+    ("mailmeta_watch_workers", "two", "invalid mailmeta_watch_workers 'two'"),
 ])
 def test_the_watcher_refuses_a_bad_delay(stack, setting, value, error):
     r = doveadm(stack, "mailmeta", "watch", options=("-o", f"plugin/{setting}={value}"))
     assert r.returncode == 78, (r.returncode, r.stderr)    # EX_CONFIG
     assert error in r.stderr
+
+
+def children_of(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return sorted(int(p) for p in f.read().split())
+    except OSError:
+        return []
+
+
+def watcher_workers(stack):
+    """The stack's watcher (the supervisor) and its workers' pids."""
+    with open(os.path.join(stack.env["STACK_DIR"], "run", "mirror", "watch.pid")) as f:
+        supervisor = int(f.read().strip())
+    return supervisor, children_of(supervisor)
+
+
+SYNCED_LINE = re.compile(r"^doveadm\((\d+)\): Info: mailmeta: (\S+): synced ")
+
+
+def syncing_pids(stack, offset):
+    """{user: set of pids that logged a sync of it} since offset."""
+    pids = {}
+    for line in log_since(stack, "mirror.log", offset):
+        m = SYNCED_LINE.match(line)
+        if m:
+            pids.setdefault(m.group(2), set()).add(int(m.group(1)))
+    return pids
+
+
+def test_users_are_split_between_the_workers(stack, directory):
+    """The watcher runs mailmeta_watch_workers processes; each user is
+    synced by one of them only, the one its name hashes to, so that two
+    users are synced at once and one user never by two processes."""
+    supervisor, workers = watcher_workers(stack)
+    assert len(workers) == WATCH_WORKERS, workers
+    users = {w: [directory.add_user(local)
+                 for local in locals_of_worker(stack, directory, w, 3)]
+             for w in range(WATCH_WORKERS)}
+    offset = log_offset(stack, "mirror.log")
+    for group in users.values():
+        for user in group:
+            append(stack, user, directory.passwords[user], "split")
+    for group in users.values():
+        for user in group:
+            wait_mirror(stack, user, directory.passwords[user])
+            wait_no_marks(stack, user)
+    pids = syncing_pids(stack, offset)
+    by_worker = {}
+    for w, group in users.items():
+        for user in group:
+            assert len(pids.get(user, ())) == 1, (user, pids.get(user))
+            by_worker.setdefault(w, set()).update(pids[user])
+    # every worker's users were synced by one process, a worker, and no
+    # two workers share a process
+    assert all(len(p) == 1 for p in by_worker.values()), by_worker
+    owners = [next(iter(p)) for p in by_worker.values()]
+    assert sorted(owners) == workers, (owners, workers)
+
+
+def test_a_worker_that_ends_is_started_again(stack, directory):
+    """A worker that crashes is started again by the supervisor, and the
+    users it syncs are mirrored again; the others never stopped."""
+    supervisor, workers = watcher_workers(stack)
+    assert len(workers) == WATCH_WORKERS
+    user = directory.add_user(locals_of_worker(stack, directory, 0, 1)[0])
+    pw = directory.passwords[user]
+    append(stack, user, pw, "before")
+    wait_mirror(stack, user, pw)
+    offset = log_offset(stack, "mirror.log")
+    victim = syncing_pids(stack, 0).get(user, {None}).pop()
+    assert victim in workers
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not mirror_log_since(stack, offset, "killed by signal 9; restarting it"):
+        assert time.monotonic() < deadline, "the supervisor did not notice"
+        time.sleep(0.1)
+    append(stack, user, pw, "after")
+    wait_mirror(stack, user, pw)
+    now_supervisor, now_workers = watcher_workers(stack)
+    assert now_supervisor == supervisor
+    assert len(now_workers) == WATCH_WORKERS and victim not in now_workers
+
+
+@pytest.mark.parametrize("value", ["2/2", "x/2", "1", "0/65", "1/"])
+def test_a_worker_refuses_a_bad_number(stack, value):
+    """-w i/n is how the supervisor tells a worker which of how many it is;
+    anything else is refused, not taken for a split of the users that no
+    other worker shares."""
+    r = doveadm(stack, "mailmeta", "watch", "-w", value)
+    assert r.returncode == 64, (r.returncode, r.stderr)     # EX_USAGE
+    assert f"invalid worker '{value}'" in r.stderr
+
+
+def own_watcher(stack, tmp_path, workers):
+    """A watcher of its own (empty spool, no drift check) with WORKERS
+    workers, once they all run: (process, worker pids)."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    log = open(tmp_path / "watch.log", "wb")
+    proc = subprocess.Popen(
+        [stack.env["DOVEADM"], "-o", f"plugin/mailmeta_spool_dir={spool}",
+         "-o", "plugin/mailmeta_check_interval=0",
+         "-o", f"plugin/mailmeta_watch_workers={workers}",
+         "mailmeta", "watch"], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while (tmp_path / "watch.log").read_text().count("mailmeta: watching") < workers:
+        assert proc.poll() is None, (tmp_path / "watch.log").read_text()
+        assert time.monotonic() < deadline, (tmp_path / "watch.log").read_text()
+        time.sleep(0.1)
+    # the wrapper execs doveadm, whose children the workers are
+    return proc, children_of(proc.pid)
+
+
+def gone(pids, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while any(os.path.exists(f"/proc/{p}") and "State:\tZ" not in
+              open(f"/proc/{p}/status").read() for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_sigterm_ends_the_supervisor_and_its_workers(stack, tmp_path):
+    proc, workers = own_watcher(stack, tmp_path, 3)
+    assert len(workers) == 3, workers
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert gone(workers)
+    text = (tmp_path / "watch.log").read_text()
+    assert "stopping 3 workers" in text and "Error" not in text, text
+
+
+def test_workers_end_with_their_supervisor(stack, directory, tmp_path):
+    """A supervisor killed outright (SIGKILL) leaves no worker behind to
+    sync beside the next watcher, also once the workers have synced a user
+    (which drops privileges, and that clears Linux's parent-death
+    signal)."""
+    proc, workers = own_watcher(stack, tmp_path, 2)
+    assert len(workers) == 2, workers
+    user = directory.add_user("mirror" + uuid.uuid4().hex[:6])
+    append(stack, user, directory.passwords[user], "for the own watcher")
+    open(tmp_path / "spool" / os.path.basename(mark_path(stack, user)), "w").close()
+    deadline = time.monotonic() + 20
+    while f"mailmeta: {user}: synced" not in (tmp_path / "watch.log").read_text():
+        assert time.monotonic() < deadline, (tmp_path / "watch.log").read_text()
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait(timeout=15)
+    assert gone(workers)
 
 
 def stack_processes(stack, name):
