@@ -302,11 +302,19 @@ mirror_count() {	# user -> messages in the user's mirror
 	         WHERE u.address = '$1'"
 }
 
+# The watcher's processes: the one the stack started and, when it runs
+# several workers, those it forked.
+watcher_pids() {
+	local pid
+	pid=$(cat "$STACK_DIR/run/mirror/watch.pid" 2>/dev/null) || return 0
+	echo "$pid" $(pgrep -P "$pid" || true)
+}
+
 # CPU seconds used so far by the watcher and by the PostgreSQL backends of
 # its role (mailmeta_mirror): "pid:seconds ..." (compared by sync_cpu)
 cpu_snapshot() {
 	local pid pids
-	pids="$(cat "$STACK_DIR/run/mirror/watch.pid" 2>/dev/null || true) $( (sql -c \
+	pids="$(watcher_pids) $( (sql -c \
 		"SELECT pid FROM pg_stat_activity WHERE usename = 'mailmeta_mirror'" 2>/dev/null || true) | xargs)"
 	for pid in $pids; do
 		awk -v pid="$pid" -v hz="$(getconf CLK_TCK)" \
@@ -324,15 +332,14 @@ machine_busy() {
 
 # sync_cpu BEFORE AFTER -> "watcher+postgres seconds" used in between
 sync_cpu() {
-	local watcher
-	watcher=$(cat "$STACK_DIR/run/mirror/watch.pid" 2>/dev/null || echo none)
-	awk -v before="$1" -v after="$2" -v watcher="$watcher" 'BEGIN {
+	awk -v before="$1" -v after="$2" -v watchers="$(watcher_pids)" 'BEGIN {
+		n = split(watchers, ws, " "); for (i = 1; i <= n; i++) watcher[ws[i]] = 1
 		n = split(before, b, " "); for (i = 1; i <= n; i++) { split(b[i], kv, ":"); was[kv[1]] = kv[2] }
 		n = split(after, a, " ")
 		for (i = 1; i <= n; i++) {
 			split(a[i], kv, ":")
 			d = kv[2] - ((kv[1] in was) ? was[kv[1]] : 0)
-			if (kv[1] == watcher) w += d; else p += d
+			if (kv[1] in watcher) w += d; else p += d
 		}
 		printf "%.2f %.2f\n", w, p }'
 }
