@@ -671,6 +671,41 @@ def test_a_held_lock_does_not_hold_up_the_others(stack, directory):
     wait_mirror(stack, stuck, directory.passwords[stuck])
 
 
+def test_delete_user_waits_for_a_sync_of_its_mirror(stack, directory):
+    """A user deleted while the watcher syncs it: delete_user waits for the
+    sync's transaction (it takes the user's mirror lock, as every mirror
+    writer does) instead of deadlocking with it over the folders and rows
+    that its delete cascades to."""
+    user = directory.add_user("mirror" + uuid.uuid4().hex[:6])
+    append(stack, user, directory.passwords[user], "doomed")
+    wait_mirror(stack, user, directory.passwords[user])
+    env = {**os.environ, **stack.env, "PGUSER": "postgres"}
+    # a sync in progress: the user's mirror lock, held until COMMIT
+    sync = subprocess.Popen(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        sync.stdin.write("BEGIN;\nSELECT mail.lock_mirror(user_id) FROM mail.users"
+                         f" WHERE address = '{user}';\n\\echo held\n")
+        sync.stdin.flush()
+        while sync.stdout.readline().strip() != "held":
+            assert sync.poll() is None, "psql ended"
+        r = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                            "-c", "SET lock_timeout = '300ms'",
+                            "-c", f"SELECT mail.delete_user('{user}')"],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode != 0 and "lock timeout" in r.stderr, r.stderr
+        sync.stdin.write("COMMIT;\n")
+        sync.stdin.close()
+        assert sync.wait(timeout=30) == 0
+    finally:
+        if sync.poll() is None:
+            sync.kill()
+    stack.sql("SELECT mail.delete_user(%s)", user)
+    assert stack.sql("SELECT count(*) FROM mail.folders f JOIN mail.users u USING (user_id)"
+                     " WHERE u.address = %s", user) == [["0"]]
+
+
 @pytest.mark.parametrize("setting, value, error", [
     ("mailmeta_lock_timeout", "2 min", "mailmeta_lock_timeout '2 min' is over a minute"),
     ("mailmeta_sync_delay", "soon", "invalid mailmeta_sync_delay 'soon'"),
