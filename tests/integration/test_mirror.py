@@ -671,6 +671,37 @@ def test_a_held_lock_does_not_hold_up_the_others(stack, directory):
     wait_mirror(stack, stuck, directory.passwords[stuck])
 
 
+def test_refused_records_fail_the_sync_until_they_are_accepted(stack, mailbox):
+    """When PostgreSQL refuses the records built from the mailbox, the sync
+    fails with that error, named, the user retries after a back-off, and
+    once the records are accepted again the mirror and the metadata are
+    complete."""
+    user, pw = mailbox
+    append(stack, user, pw, "before")
+    wait_mirror(stack, user, pw)
+    offset = log_offset(stack, "mirror.log")
+    stack.sql("REVOKE EXECUTE ON FUNCTION mail.record_mailbox_messages(text, jsonb)"
+              " FROM mailmeta_mirror", user="postgres")
+    try:
+        uids = [append(stack, user, pw, f"refused {n}") for n in range(3)]
+        deadline = time.monotonic() + 20
+        while not mirror_log_since(stack, offset, f"{user}: sync failed, will retry"):
+            assert time.monotonic() < deadline, "no failed sync logged"
+            time.sleep(0.2)
+    finally:
+        stack.sql("GRANT EXECUTE ON FUNCTION mail.record_mailbox_messages(text, jsonb)"
+                  " TO mailmeta_mirror", user="postgres")
+    failed = mirror_log_since(stack, offset, f"{user}: sync failed, will retry")
+    assert "mail.record_mailbox_messages" in failed[0], failed
+    assert "permission denied" in failed[0], failed
+    wait_mirror(stack, user, pw)
+    wait_no_marks(stack, user, timeout=45)
+    for uid in uids:
+        mailmeta_id, _ = mirror_row(stack, user, "INBOX", uid)
+        assert stack.sql("SELECT direction FROM mail.messages WHERE mailmeta_id = %s",
+                         mailmeta_id) == [["mailbox"]]
+
+
 def test_delete_user_waits_for_a_sync_of_its_mirror(stack, directory):
     """A user deleted while the watcher syncs it: delete_user waits for the
     sync's transaction (it takes the user's mirror lock, as every mirror
