@@ -625,6 +625,10 @@ stamp=$(sql -c "SELECT mailmeta_id FROM mail.messages ORDER BY received_at DESC 
 UNSTAMPED=$MESSAGE STAMPED=$WORK/stamped.eml
 echo "message: $(pick_message | sed "s|^$CORPORA/||") without Message-ID ($(wc -c < "$UNSTAMPED") bytes); stamped: X-Mailmeta-ID: $stamp"
 echo "mail_plugins with: $PLUGINS; without: $BASE_PLUGINS; mail on $MAIL_FS; INBOX holds $MAILBOX_MESSAGES messages before a run; LMTP runs' reader: $LMTP_READER; $ROUNDS rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+# Metadata stays when the bench deletes its users, so the stack's
+# mail.messages grows by every run; its indexes take random inserts, which
+# cost more once they outgrow shared_buffers: say how big they are.
+echo "mail.messages: $(sql -c "SELECT count(*) FROM mail.messages") rows, $(sql -c "SELECT pg_size_pretty(pg_total_relation_size('mail.messages'))") with its indexes; shared_buffers $(sql -c "SHOW shared_buffers")"
 
 for kind in stamped unstamped; do
 	eval "lmtp_${kind}_base=() lmtp_${kind}_with=() lmtp_${kind}_deliv=() lmtp_${kind}_catch=() lmtp_${kind}_cpu=()"
