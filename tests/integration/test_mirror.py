@@ -842,17 +842,41 @@ def test_a_worker_refuses_a_bad_number(stack, value):
     assert f"invalid worker '{value}'" in r.stderr
 
 
-def own_watcher(stack, tmp_path, workers):
-    """A watcher of its own (empty spool, no drift check) with WORKERS
-    workers, once they all run: (process, worker pids)."""
-    spool = tmp_path / "spool"
-    spool.mkdir()
+@pytest.fixture
+def own_watchers():
+    """The watchers a test starts; whatever they fail on, they end with it."""
+    procs = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture
+def own_spool(stack):
+    """An empty spool beside the stack's, which the mail processes' user can
+    write as it can the stack's (a sync's own changes mark the user there)."""
+    stack_spool = stack.env["MIRROR_SPOOL_DIR"]
+    spool = os.path.join(os.path.dirname(stack_spool), "spool-" + uuid.uuid4().hex[:8])
+    os.mkdir(spool, 0o770)
+    owner = os.stat(stack_spool)
+    os.chown(spool, owner.st_uid, owner.st_gid)
+    yield spool
+    shutil.rmtree(spool, ignore_errors=True)
+
+
+def own_watcher(stack, spool, tmp_path, workers, watchers):
+    """A watcher of its own (spool, no drift check) with WORKERS workers,
+    once they all run: (process, worker pids); added to watchers (the
+    own_watchers fixture)."""
     log = open(tmp_path / "watch.log", "wb")
     proc = subprocess.Popen(
         [stack.env["DOVEADM"], "-o", f"plugin/mailmeta_spool_dir={spool}",
          "-o", "plugin/mailmeta_check_interval=0",
          "-o", f"plugin/mailmeta_watch_workers={workers}",
          "mailmeta", "watch"], stdout=log, stderr=subprocess.STDOUT)
+    watchers.append(proc)
     deadline = time.monotonic() + 20
     while (tmp_path / "watch.log").read_text().count("mailmeta: watching") < workers:
         assert proc.poll() is None, (tmp_path / "watch.log").read_text()
@@ -872,8 +896,9 @@ def gone(pids, timeout=15.0):
     return True
 
 
-def test_sigterm_ends_the_supervisor_and_its_workers(stack, tmp_path):
-    proc, workers = own_watcher(stack, tmp_path, 3)
+def test_sigterm_ends_the_supervisor_and_its_workers(stack, own_spool, own_watchers,
+                                                     tmp_path):
+    proc, workers = own_watcher(stack, own_spool, tmp_path, 3, own_watchers)
     assert len(workers) == 3, workers
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
@@ -882,20 +907,28 @@ def test_sigterm_ends_the_supervisor_and_its_workers(stack, tmp_path):
     assert "stopping 3 workers" in text and "Error" not in text, text
 
 
-def test_workers_end_with_their_supervisor(stack, directory, tmp_path):
+def test_workers_end_with_their_supervisor(stack, directory, own_spool, own_watchers,
+                                           tmp_path):
     """A supervisor killed outright (SIGKILL) leaves no worker behind to
     sync beside the next watcher, also once the workers have synced a user
     (which drops privileges, and that clears Linux's parent-death
     signal)."""
-    proc, workers = own_watcher(stack, tmp_path, 2)
-    assert len(workers) == 2, workers
     user = directory.add_user("mirror" + uuid.uuid4().hex[:6])
     append(stack, user, directory.passwords[user], "for the own watcher")
-    open(tmp_path / "spool" / os.path.basename(mark_path(stack, user)), "w").close()
+    # the stack's watcher is done with the user: no two syncs of it at once
+    wait_mirror(stack, user, directory.passwords[user])
+    wait_no_marks(stack, user)
+    proc, workers = own_watcher(stack, own_spool, tmp_path, 2, own_watchers)
+    assert len(workers) == 2, workers
+    name = os.path.basename(mark_path(stack, user))
+    open(os.path.join(own_spool, name), "w").close()
+    # the mark is gone once the sync (as the user's uid) committed
     deadline = time.monotonic() + 20
-    while f"mailmeta: {user}: synced" not in (tmp_path / "watch.log").read_text():
+    while (os.path.exists(os.path.join(own_spool, name))
+           or os.path.exists(os.path.join(own_spool, ".claimed", name))):
         assert time.monotonic() < deadline, (tmp_path / "watch.log").read_text()
         time.sleep(0.1)
+    assert "Error" not in (tmp_path / "watch.log").read_text()
     proc.kill()
     proc.wait(timeout=15)
     assert gone(workers)
