@@ -604,8 +604,6 @@ watch_run_worker(const struct mm_mirror_watch_settings *set,
 	i_zero(&w);
 	w.set = set;
 	w.worker = worker;
-	if (set->workers > 1)
-		i_set_failure_prefix("doveadm(%s): ", my_pid);
 	w.inotify_fd = -1;
 	/* SIGTERM before now ends us too: the supervisor may have passed it
 	   on while this worker was starting (this command is all the
@@ -676,7 +674,7 @@ watch_run_worker(const struct mm_mirror_watch_settings *set,
 
 struct watch_worker {
 	pid_t pid;		/* 0: not running */
-	time_t started;
+	uint64_t started;	/* monotonic msecs */
 	unsigned int backoff_secs;
 	uint64_t restart_at;	/* monotonic msecs */
 };
@@ -768,7 +766,7 @@ watch_worker_ended(struct watch_worker *worker, unsigned int i, int status)
 {
 	uint64_t now = monotonic_msecs();
 
-	if (time(NULL) - worker->started >= MM_WATCH_WORKER_STABLE_SECS)
+	if (now - worker->started >= MM_WATCH_WORKER_STABLE_SECS * 1000)
 		worker->backoff_secs = 0;
 	else if (worker->backoff_secs == 0)
 		worker->backoff_secs = 1;
@@ -833,7 +831,7 @@ watch_supervise(const struct mm_mirror_watch_settings *set)
 			}
 			if (monotonic_msecs() < worker->restart_at)
 				continue;
-			worker->started = time(NULL);
+			worker->started = monotonic_msecs();
 			if ((pid = watch_spawn(argv, argc, i, set->workers)) < 0) {
 				worker->backoff_secs = MM_WATCH_MAX_BACKOFF_SECS;
 				worker->restart_at = monotonic_msecs() +
@@ -857,6 +855,9 @@ mm_mirror_watch_run(const struct mm_mirror_watch_settings *set)
 {
 	struct stat st;
 
+	/* the supervisor's and every worker's lines name their process */
+	if (set->workers > 1)
+		i_set_failure_prefix("doveadm(%s): ", my_pid);
 	if (set->worker_given)
 		return watch_run_worker(set, set->worker);
 	if (set->workers <= 1)
@@ -867,7 +868,6 @@ mm_mirror_watch_run(const struct mm_mirror_watch_settings *set)
 			set->spool_dir);
 		return -1;
 	}
-	i_set_failure_prefix("doveadm(%s): ", my_pid);
 	i_info("mailmeta: starting %u workers (spool %s)", set->workers,
 	       set->spool_dir);
 	return watch_supervise(set);

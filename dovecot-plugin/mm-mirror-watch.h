@@ -26,11 +26,11 @@
  * the watcher when a user is still busy.  Each worker syncs one user at a
  * time, so it waits at most lock_timeout for a lock of a user's mailbox: a
  * lock held by a hung process, or left behind, delays that user's sync, not
- * everyone's mirror.  With several workers (forked by a supervisor) the
- * users are split between them by a hash of their name, so a host with
- * many users syncs as many of them at once as there are workers; one
- * worker per CPU lets the mirror catch up on every core.  SIGTERM (or
- * SIGINT) ends it after the user being synced.
+ * everyone's mirror.  With several workers (each a process of its own,
+ * started by a supervisor) the users are split between them by a hash of
+ * their name, so a host with many users syncs as many of them at once as
+ * there are workers.  SIGTERM (or SIGINT) ends it after the user being
+ * synced.
  */
 #ifndef MM_MIRROR_WATCH_H
 #define MM_MIRROR_WATCH_H
