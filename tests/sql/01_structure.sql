@@ -114,7 +114,8 @@ SELECT set_eq($$
           'mail.parse_timestamptz(text)', 'mail.parse_timestamptz_strict(text)', 'mail.parse_inet(text)',
           'mail.contact_address_problem(text)', 'mail.json_integer(jsonb,bigint,bigint)',
           'mail.is_uuid(text)', 'mail.is_sent_folder(text)', 'mail.header_recipients(jsonb)',
-          'mail.mirror_batch_rows(jsonb)', 'mail.encode_cursor(timestamp with time zone,bigint)'],
+          'mail.mirror_batch_rows(jsonb)', 'mail.mirror_batch_quick_ok(jsonb)',
+          'mail.encode_cursor(timestamp with time zone,bigint)'],
     'the SECURITY INVOKER helpers are exactly the inlined internal ones');
 SELECT is_empty($$
     SELECT p.oid::regprocedure::text FROM pg_proc p

@@ -10,7 +10,7 @@
 -- mailmeta_mirror reaches its seven functions and nothing else.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(185);
+SELECT plan(192);
 \ir 06_helpers.psql
 \ir mirror_helpers.psql
 
@@ -481,6 +481,14 @@ SELECT * FROM pg_temp.refuses_mirror($$SELECT * FROM mail.mirror_messages('alice
     pg_temp.batch(9, '[]', '{1}') || '{"expunge": [1, "2"]}')$$,
     '22023', 'invalid mirror batch for ''alice@example.test'': expunge 2 of 2: "2" is not an integer from 1 to 4294967295',
     'mirror_messages: a bad expunged UID');
+SELECT * FROM pg_temp.refuses_mirror($$SELECT * FROM mail.mirror_messages('alice@example.test', pg_temp.guid(1),
+    pg_temp.batch(9, jsonb_build_array(pg_temp.msg(5, 5) || '{"uid": 5.0}')))$$,
+    '22023', 'invalid mirror batch for ''alice@example.test'': upsert 1 of 1: uid 5.0 is not an integer from 1 to 4294967295',
+    'mirror_messages: a UID written as a fraction');
+SELECT * FROM pg_temp.refuses_mirror($$SELECT * FROM mail.mirror_messages('alice@example.test', pg_temp.guid(1),
+    pg_temp.batch(9, '[]', '{1}') || '{"expunge": [1, 2.0]}')$$,
+    '22023', 'invalid mirror batch for ''alice@example.test'': expunge 2 of 2: 2.0 is not an integer from 1 to 4294967295',
+    'mirror_messages: an expunged UID written as a fraction');
 SELECT * FROM pg_temp.refuses_mirror($$SELECT mail.mirror_folder_done('nobody@example.test', pg_temp.guid(1), 1, 1, 1, 0)$$,
     'P0002', 'user ''nobody@example.test'' does not exist', 'mirror_folder_done: unknown user');
 SELECT * FROM pg_temp.refuses_mirror($$SELECT mail.mirror_folder_done('alice@example.test', pg_temp.guid(99), 1, 1, 1, 0)$$,
@@ -532,6 +540,52 @@ SELECT is_empty($$SELECT c.relname::text FROM pg_class c
                    WHERE c.relnamespace = 'mail'::regnamespace AND c.relkind IN ('r', 'v')
                      AND has_table_privilege('mailmeta_mirror', c.oid, 'SELECT,INSERT,UPDATE,DELETE')$$,
     'mailmeta_mirror has no privilege on any table or view');
+
+-- ------------------------------------------------------------ the quick check of a batch
+-- mirror_messages asks mirror_batch_problem only about the batches
+-- mirror_batch_quick_ok does not accept: the quick check must never accept
+-- a batch the full check refuses, and must accept the syncer's usual one.
+CREATE TEMP TABLE quick_cases (no serial, batch jsonb);
+INSERT INTO quick_cases (batch)
+SELECT pg_temp.batch(9, jsonb_build_array(pg_temp.msg(5, 5) || e), '{1}') || b
+  FROM (VALUES ('{}'::jsonb, '{}'::jsonb),
+               ('{"uid": 1.0}', '{}'), ('{"uid": 1.5}', '{}'), ('{"uid": 0}', '{}'), ('{"uid": "5"}', '{}'),
+               ('{"uid": 4294967296}', '{}'), ('{"uid": 1e30}', '{}'), ('{"uid": null}', '{}'),
+               ('{"mailmeta_id": "0193F7A2-0000-7000-8000-000000000005"}', '{}'),
+               ('{"mailmeta_id": "0193f7a2000070008000000000000005"}', '{}'),
+               ('{"mailmeta_id": "{0193f7a2-0000-7000-8000-000000000005}"}', '{}'),
+               ('{"mailmeta_id": "0193f7a-20000-7000-8000-000000000005"}', '{}'),
+               ('{"mailmeta_id": "0193f7a2-0000-7000-8000-00000000000g"}', '{}'),
+               ('{"mailmeta_id": 5}', '{}'),
+               ('{"internal_date": "2026-11-22T10:00:00+02:00"}', '{}'),
+               ('{"internal_date": "2026-11-22t10:00:00.5z"}', '{}'),
+               ('{"internal_date": "2026-02-30T10:00:00Z"}', '{}'),
+               ('{"internal_date": "2026-11-22T24:00:00Z"}', '{}'),
+               ('{"internal_date": "2026-11-22T10:00:60Z"}', '{}'),
+               ('{"internal_date": "0000-01-01T00:00:00Z"}', '{}'),
+               ('{"internal_date": "2026-11-22 10:00:00"}', '{}'),
+               ('{"internal_date": "now"}', '{}'), ('{"internal_date": 5}', '{}'),
+               ('{"flags": null, "keywords": null}', '{}'), ('{"flags": [1]}', '{}'),
+               ('{"keywords": [{"a": 1}]}', '{}'), ('{"flags": "\\Seen"}', '{}'),
+               ('{"size": null, "modseq": null}', '{}'), ('{"size": -1}', '{}'), ('{"size": 1.5}', '{}'),
+               ('{"size": 9223372036854775808}', '{}'), ('{"modseq": "3"}', '{}'),
+               ('{}', '{"expunge": [0]}'), ('{}', '{"expunge": [4294967296]}'), ('{}', '{"expunge": ["1"]}'),
+               ('{}', '{"expunge": [1.0]}'), ('{}', '{"expunge": null}'), ('{}', '{"upsert": null}'),
+               ('{}', '{"reset": null}'), ('{}', '{"reset": "true"}'), ('{}', '{"uidvalidity": "9"}'),
+               ('{}', '{"uidvalidity": 9.0}'), ('{}', '{"uidvalidity": 4294967296}')) AS c (e, b);
+INSERT INTO quick_cases (batch) VALUES
+    (pg_temp.batch(9, jsonb_build_array(pg_temp.msg(5, 5), pg_temp.msg(5, 6)))),
+    (pg_temp.batch(9, jsonb_build_array(pg_temp.msg(5, 5), '[]'::jsonb))),
+    ('[]'), ('null'), ('{}');
+SELECT is_empty($$SELECT no, batch FROM quick_cases
+                   WHERE mail.mirror_batch_quick_ok(batch)
+                     AND mail.mirror_batch_problem(batch) IS NOT NULL$$,
+    'mirror_batch_quick_ok accepts no batch that mirror_batch_problem refuses');
+SELECT ok(mail.mirror_batch_quick_ok(batch) AND mail.mirror_batch_problem(batch) IS NULL,
+          'and accepts the usual batch, which mirror_batch_problem accepts too')
+  FROM quick_cases WHERE no = 1;
+SELECT is((SELECT count(*)::int FROM quick_cases WHERE mail.mirror_batch_problem(batch) IS NULL), 12,
+          'the unusual but good batches among them (an upper-case UUID, an offset, ...) are good');
 
 -- ------------------------------------------------------------ forgetting, deleting
 SET LOCAL ROLE mailmeta_mirror;
