@@ -15,10 +15,9 @@
 #include <jansson.h>
 
 #include "mm-extract.h"
+#include "mm-mirror-header.h"
 #include "mm-mirror-id.h"
 #include "mm-mirror-message.h"
-
-#define MAILMETA_ID_HEADER "X-Mailmeta-ID"
 
 typedef void mm_mirror_read_callback_t(const unsigned char *data, size_t size,
 				       void *context);
@@ -35,6 +34,19 @@ read_failure(struct mail *mail, const char *what, const char **error_r)
 		return MM_MIRROR_READ_EXPUNGED;
 	*error_r = t_strdup_printf("reading UID %u%s failed: %s",
 				   mail->uid, what, errstr);
+	return MM_MIRROR_READ_FAILED;
+}
+
+/* What a read error on input, a stream of MAIL, means (see
+   read_failure()). */
+static enum mm_mirror_read
+stream_failure(struct mail *mail, struct istream *input, const char *what,
+	       const char **error_r)
+{
+	if (mail->expunged)
+		return MM_MIRROR_READ_EXPUNGED;
+	*error_r = t_strdup_printf("reading UID %u%s failed: %s", mail->uid,
+				   what, i_stream_get_error(input));
 	return MM_MIRROR_READ_FAILED;
 }
 
@@ -56,15 +68,8 @@ read_message(struct mail *mail, mm_mirror_read_callback_t *callback,
 		callback(data, size, context);
 		i_stream_skip(crlf, size);
 	}
-	if (crlf->stream_errno != 0) {
-		if (mail->expunged) {
-			ret = MM_MIRROR_READ_EXPUNGED;
-		} else {
-			*error_r = t_strdup_printf("reading UID %u failed: %s",
-				mail->uid, i_stream_get_error(crlf));
-			ret = MM_MIRROR_READ_FAILED;
-		}
-	}
+	if (crlf->stream_errno != 0)
+		ret = stream_failure(mail, crlf, "", error_r);
 	i_stream_unref(&crlf);
 	return ret;
 }
@@ -76,16 +81,21 @@ static int
 stamped_id(struct mail *mail, char id_r[MM_UUID_TEXT_SIZE],
 	   enum mm_mirror_read *read_r, const char **error_r)
 {
-	const char *value;
-	int ret;
+	struct istream *input;
+	bool stamped;
 
-	ret = mail_get_first_header(mail, MAILMETA_ID_HEADER, &value);
-	if (ret < 0) {
+	if (mail_get_stream_because(mail, NULL, NULL, "mailmeta mirror",
+				    &input) < 0) {
 		*read_r = read_failure(mail, "'s header", error_r);
 		return 1;
 	}
+	stamped = mm_mirror_header_id(input, id_r);
+	if (input->stream_errno != 0) {
+		*read_r = stream_failure(mail, input, "'s header", error_r);
+		return 1;
+	}
 	*read_r = MM_MIRROR_READ_OK;
-	return ret > 0 && mm_mirror_parse_uuid(value, id_r) ? 1 : 0;
+	return stamped ? 1 : 0;
 }
 
 /* What one read of the message feeds: the SHA-256 of its id, and when
