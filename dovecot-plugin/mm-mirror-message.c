@@ -9,6 +9,7 @@
 #include "lib.h"
 #include "istream.h"
 #include "istream-crlf.h"
+#include "str.h"
 #include "mail-storage.h"
 
 #include <openssl/evp.h>
@@ -17,6 +18,7 @@
 #include "mm-extract.h"
 #include "mm-mirror-header.h"
 #include "mm-mirror-id.h"
+#include "mm-mirror-json.h"
 #include "mm-mirror-message.h"
 
 typedef void mm_mirror_read_callback_t(const unsigned char *data, size_t size,
@@ -175,6 +177,7 @@ record_finish(struct mm_extract *x, const char *mailmeta_id, time_t date,
 {
 	char received_at[MM_RFC3339_SIZE];
 	struct timespec ts;
+	string_t *text;
 	json_t *doc;
 
 	doc = mm_extract_finish(x);
@@ -201,12 +204,10 @@ record_finish(struct mm_extract *x, const char *mailmeta_id, time_t date,
 	json_object_set_new(doc, "recipients", json_array());
 	json_object_set_new(doc, "action", json_string("accept"));
 	json_object_set_new(doc, "reason", json_null());
-	*json_r = json_dumps(doc, JSON_COMPACT);
+	text = str_new(default_pool, 4096);
+	mm_mirror_json_append(text, doc);
+	*json_r = str_free_without_data(&text);
 	json_decref(doc);
-	if (*json_r == NULL) {
-		*error_r = "out of memory";
-		return MM_MIRROR_READ_FAILED;
-	}
 	return MM_MIRROR_READ_OK;
 }
 

@@ -29,14 +29,14 @@ enum mm_mirror_read
 mm_mirror_message_id(struct mail *mail, char id_r[MM_UUID_TEXT_SIZE],
 		     const char **error_r);
 
-/* The message's metadata record as compact JSON (free() it). */
+/* The message's metadata record as compact JSON (i_free() it). */
 enum mm_mirror_read
 mm_mirror_message_record(struct mail *mail, const char *mailmeta_id,
 			 char **json_r, const char **error_r);
 
 /* mm_mirror_message_id(), and for a message the milter did not stamp also
    its record (else *json_r = NULL), from one read of the message: for a
-   new message that most likely needs one.  free() *json_r. */
+   new message that most likely needs one.  i_free() *json_r. */
 enum mm_mirror_read
 mm_mirror_message_id_record(struct mail *mail, char id_r[MM_UUID_TEXT_SIZE],
 			    char **json_r, const char **error_r);

@@ -37,6 +37,7 @@
 #include "mm-extract.h"
 #include "mm-mirror-db.h"
 #include "mm-mirror-id.h"
+#include "mm-mirror-json.h"
 #include "mm-mirror-message.h"
 #include "mm-mirror-sync.h"
 
@@ -334,19 +335,6 @@ column_uint64(PGresult *res, int row, int col, uint64_t *value_r)
 		str_to_uint64(PQgetvalue(res, row, col), value_r) == 0;
 }
 
-static const char *
-json_text(json_t *json)
-{
-	char *text = json_dumps(json, JSON_COMPACT);
-	const char *copy;
-
-	if (text == NULL)
-		i_fatal_status(FATAL_OUTOFMEM, "json_dumps: out of memory");
-	copy = t_strdup(text);
-	free(text);
-	return copy;
-}
-
 /* mail.mirror_folders(): sends the list, reads back what was recorded. */
 static int
 mirror_folders(struct mm_sync *sync, ARRAY_TYPE(mm_folder) *folders,
@@ -359,7 +347,7 @@ mirror_folders(struct mm_sync *sync, ARRAY_TYPE(mm_folder) *folders,
 	int rows;
 
 	params[0] = sync->address;
-	params[1] = json_text(folders_json);
+	params[1] = mm_mirror_json_text(folders_json);
 	res = mm_mirror_db_query(sync->db,
 		"SELECT guid, uidvalidity, uidnext, highest_modseq, message_count"
 		" FROM mail.mirror_folders($1, $2::jsonb)", 2, params);
@@ -458,7 +446,7 @@ batch_free_prebuilt(struct mm_batch *b)
 	struct mm_prebuilt *pre;
 
 	array_foreach_modifiable(&b->prebuilt, pre)
-		free(pre->json);
+		i_free(pre->json);
 	array_clear(&b->prebuilt);
 	b->prebuilt_bytes = 0;
 }
@@ -575,7 +563,7 @@ record_message(struct mm_batch *b, uint32_t uid, const char *mailmeta_id)
 		sync->records_pending++;
 		sync->stats->records++;
 	}
-	free(json);
+	i_free(json);
 	if (ret > 0 && (sync->records_pending >= MM_MIRROR_RECORDS_PER_CALL ||
 			str_len(sync->records) >= MM_MIRROR_RECORDS_MAX_BYTES) &&
 	    records_flush(sync) < 0)
@@ -712,7 +700,7 @@ batch_flush(struct mm_batch *b, bool *stale)
 			  "expunge", b->expunge);
 	params[0] = sync->address;
 	params[1] = b->folder->guid;
-	params[2] = json_text(batch);
+	params[2] = mm_mirror_json_text(batch);
 	json_decref(batch);
 	sync->stats->messages += json_array_size(b->upsert);
 	sync->stats->expunges += json_array_size(b->expunge);
