@@ -49,9 +49,10 @@
 # Not a test: nothing passes or fails on a number.
 #
 # usage: tests/bench/mirror-bench.sh [MESSAGES [ROUNDS [IMAP_SESSIONS [IMAP_OPS]]]]
-#        (defaults 4000, 3, 8, 2000; IMAP_OPS 0 skips the IMAP runs; in the
-#        environment LMTP_SESSIONS=10, LMTP_KINDS="stamped unstamped",
-#        MAIL_FS=tmpfs|disk, MAILBOX_MESSAGES=0, LMTP_READER=idle|none)
+#        (defaults 4000, 3, 8, 2000; IMAP_SESSIONS or IMAP_OPS 0 skips the
+#        IMAP runs; in the environment LMTP_SESSIONS=10,
+#        LMTP_KINDS="stamped unstamped", MAIL_FS=tmpfs|disk,
+#        MAILBOX_MESSAGES=0, LMTP_READER=idle|none)
 #
 # MAILBOX_MESSAGES old messages are put in every run's INBOX before its
 # clock starts (indexed by Dovecot and, for "with", mirrored): delivering
@@ -658,7 +659,7 @@ for round in $(seq 1 "$ROUNDS"); do
 		eval "lmtp_${kind}_cpu+=(\"\$cpu\")"
 		log "round $round LMTP $kind: without $base msg/s, with $w msg/s (deliveries alone $d msg/s, mirror caught up $c s later; sync CPU: watcher $cw s, PostgreSQL $cp s; machine CPU per message $bb ms without, $bw ms with)"
 	done
-	[ "$IMAP_OPS" -gt 0 ] || continue
+	[ "$IMAP_OPS" -gt 0 ] && [ "$IMAP_SESSIONS" -gt 0 ] || continue
 
 	if [ $((round % 2)) -eq 1 ]; then
 		use_config without
@@ -711,7 +712,7 @@ for kind in $LMTP_KINDS; do
 		\"\${lmtp_${kind}_deliv[*]}\" \"\${lmtp_${kind}_catch[*]}\" \"\${lmtp_${kind}_cpu[*]}\" message \
 		\"\${lmtp_${kind}_busy_base[*]}\" \"\${lmtp_${kind}_busy_with[*]}\""
 done
-[ "$IMAP_OPS" -gt 0 ] || exit 0
+[ "$IMAP_OPS" -gt 0 ] && [ "$IMAP_SESSIONS" -gt 0 ] || exit 0
 echo "(b) IMAP, $IMAP_SESSIONS sessions x $IMAP_OPS operations (APPEND 35 %, FETCH 30 %, STORE 25 %, EXPUNGE 10 %):"
 report "  IMAP" ops/s "${imap_base[*]}" "${imap_with[*]}" "${imap_raw[*]}" "${imap_catch[*]}" \
 	"${imap_cpu[*]}" operation "${imap_busy_base[*]}" "${imap_busy_with[*]}"
