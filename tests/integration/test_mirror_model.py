@@ -16,7 +16,8 @@ MAILMETA_MODEL_STEPS (operations per client) override it and the length.
 
 A racing client may legitimately get NO (a folder the other one deleted,
 a UID it expunged) or be disconnected (its selected folder deleted or
-renamed under it: "IMAP session state is inconsistent"); those are counted.
+renamed under it: "IMAP session state is inconsistent", which Dovecot's
+log tells when the BYE is lost during an APPEND); those are counted.
 A NO [SERVERBUG] is Dovecot's own Maildir index racing two clients that
 create and delete one folder at once: counted, not failed.  BAD, an
 unexpected disconnect or any exception on our side fails the test, and so do a panic
@@ -480,6 +481,21 @@ class Client(threading.Thread):
                     raise Broken(f"cannot log in: {e!r}")
                 time.sleep(0.5)
 
+    def hung_up_inconsistent(self, log_at):
+        """Whether Dovecot hung up on this user's session because its
+        selected folder was deleted or renamed, per Dovecot's log since
+        log_at.  The BYE saying so is lost when Dovecot hangs up while an
+        APPEND's literal is on its way: the client then sees only EOF."""
+        deadline = time.monotonic() + 2     # the log process may lag
+        while True:
+            if any(f"imap({self.r.user})" in line
+                   and "IMAP session state is inconsistent" in line
+                   for line in log_since(self.r.stack, "dovecot.log", log_at)):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
     def imap(self, what, *args):
         """One IMAP command: OK, or a legitimate NO; anything else fails."""
         started = time.monotonic()
@@ -795,13 +811,15 @@ class Client(threading.Thread):
                 self.log.append((step, op, self.selected))
                 self.current = (op, time.monotonic())
                 for attempt in range(3):
+                    log_at = log_offset(self.r.stack, "dovecot.log")
                     try:
                         getattr(self, "op_" + op)()
                         break
                     except imaplib.IMAP4.abort as e:
                         # selected folder deleted or renamed by the other
                         # client: Dovecot says BYE, the client logs in again
-                        if not RELOGIN.search(str(e)):
+                        if not RELOGIN.search(str(e)) \
+                                and not self.hung_up_inconsistent(log_at):
                             raise Broken(f"{op}: disconnected: {e}")
                         self.r.count("relogin")
                         with self.r.lock:
