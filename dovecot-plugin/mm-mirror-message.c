@@ -150,6 +150,16 @@ hashed_id(struct mail *mail, struct mm_extract *x,
 	return ret;
 }
 
+bool
+mm_mirror_message_stamped(struct mail *mail, char id_r[MM_UUID_TEXT_SIZE])
+{
+	enum mm_mirror_read read;
+	const char *error;
+
+	return stamped_id(mail, id_r, &read, &error) > 0 &&
+		read == MM_MIRROR_READ_OK;
+}
+
 enum mm_mirror_read
 mm_mirror_message_id(struct mail *mail, char id_r[MM_UUID_TEXT_SIZE],
 		     const char **error_r)

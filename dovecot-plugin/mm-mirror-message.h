@@ -29,6 +29,12 @@ enum mm_mirror_read
 mm_mirror_message_id(struct mail *mail, char id_r[MM_UUID_TEXT_SIZE],
 		     const char **error_r);
 
+/* Whether the milter stamped the message: TRUE with the X-Mailmeta-ID in
+   id_r; FALSE when it did not, or when the header could not be read (the
+   caller's next read of the message reports that). */
+bool mm_mirror_message_stamped(struct mail *mail,
+			       char id_r[MM_UUID_TEXT_SIZE]);
+
 /* The message's metadata record as compact JSON (i_free() it). */
 enum mm_mirror_read
 mm_mirror_message_record(struct mail *mail, const char *mailmeta_id,

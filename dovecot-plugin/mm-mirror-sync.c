@@ -479,11 +479,9 @@ milter_record_pending(struct mm_sync *sync, struct mail *mail,
 		      const char *mailmeta_id)
 {
 	char stamped[MM_UUID_TEXT_SIZE];
-	const char *value;
 	time_t received;
 
-	return mail_get_first_header(mail, "X-Mailmeta-ID", &value) > 0 &&
-		mm_mirror_parse_uuid(value, stamped) &&
+	return mm_mirror_message_stamped(mail, stamped) &&
 		strcmp(stamped, mailmeta_id) == 0 &&
 		mail_get_received_date(mail, &received) == 0 &&
 		received > time(NULL) - (time_t)sync->stamped_grace_secs;

@@ -1043,14 +1043,20 @@ def test_doveadm_expunge(stack, mailbox):
 
 def test_a_late_milter_record_completes_the_mailbox_record(stack, mailbox):
     """A message the milter had to journal (its database role refused) is
-    delivered; a sync that does not wait for the milter's record
-    (mailmeta_stamped_grace = 0) builds one from the mailbox; the journal's
+    delivered; the watcher mirrors it and waits for the milter's record; a
+    sync that does not wait (mailmeta_stamped_grace = 0) builds one from
+    the mailbox; the journal's
     replay then completes that record with the envelope instead of being
     dropped as a duplicate."""
     user, pw = mailbox
     with milter_role_refused(stack):
         msg = deliver(stack, user)
         stack.wait_for_imap(user, pw, msg["Subject"])
+        # the watcher (stamped grace 1 hour) mirrors the message and
+        # leaves its record to the milter
+        wait_mirror(stack, user, pw)
+        assert stack.sql("SELECT count(*) FROM mail.messages WHERE subject = %s",
+                         msg["Subject"]) == [["0"]]
         r = doveadm(stack, "mailmeta", "sync", "-u", user,
                     options=("-o", "plugin/mailmeta_stamped_grace=0"))
         assert r.returncode == 0, r.stderr
