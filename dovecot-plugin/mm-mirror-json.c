@@ -76,7 +76,8 @@ mm_mirror_json_append(string_t *dest, const json_t *json)
 			    json_integer_value(json));
 		break;
 	case JSON_REAL:
-		/* never built by the watcher; as jansson writes it */
+		/* never built by the watcher; the same number, though
+		   jansson would add ".0" to an integral one */
 		str_printfa(dest, "%.17g", json_real_value(json));
 		break;
 	case JSON_TRUE:
