@@ -52,7 +52,16 @@
 #        (defaults 4000, 3, 8, 2000; IMAP_SESSIONS or IMAP_OPS 0 skips the
 #        IMAP runs; in the environment LMTP_SESSIONS=10,
 #        LMTP_KINDS="stamped unstamped", MAIL_FS=tmpfs|disk,
-#        MAILBOX_MESSAGES=0, LMTP_READER=idle|none)
+#        MAILBOX_MESSAGES=0, LMTP_READER=idle|none, WATCH_WORKERS=)
+#
+# WATCH_WORKERS: the watcher's workers (mailmeta_watch_workers) for the
+# bench.  Empty (the default) measures what a host gets without setting
+# it: one worker per two CPUs, 1 to 4.  The stack itself runs two on any
+# machine, so that the tests see users split between workers; on a
+# 2-core host that costs more sync CPU in all than the default's one
+# (doc/mailbox-mirror.md).  The bench restarts the stack's watcher with
+# `doveadm -o plugin/mailmeta_watch_workers=...` for its runs and restarts
+# it as the stack configures it at exit.
 #
 # MAILBOX_MESSAGES old messages are put in every run's INBOX before its
 # clock starts (indexed by Dovecot and, for "with", mirrored): delivering
@@ -105,6 +114,7 @@ LMTP_KINDS=${LMTP_KINDS:-stamped unstamped}
 MAILBOX_MESSAGES=${MAILBOX_MESSAGES:-0}
 MAIL_FS=${MAIL_FS:-tmpfs}
 LMTP_READER=${LMTP_READER:-idle}
+WATCH_WORKERS=${WATCH_WORKERS:-}
 PYTHON=${PYTHON:-/usr/bin/python3}
 CORPORA=${MAILMETA_CORPORA:-$SRC_DIR/../shared/corpora}
 DOMAIN=mirrorbench.test
@@ -163,6 +173,41 @@ for arm in with without; do
 done
 cp -p "$CONF" "$WORK/dovecot.conf.stack"
 
+# restart_watcher [doveadm option...]: the stack's watcher, stopped (it
+# finishes the user it is syncing) and started again as scripts/stack
+# starts it, with these options; "started" once it logs that it watches.
+MIRROR_RUN_DIR=$STACK_DIR/run/mirror
+WATCHER_RESTARTED=
+restart_watcher() {
+	local pid offset _i
+	pid=$(cat "$MIRROR_RUN_DIR/watch.pid" 2>/dev/null || true)
+	if [ -n "$pid" ] && grep -qx doveadm "/proc/$pid/comm" 2>/dev/null; then
+		kill -CONT "$pid" $(pgrep -P "$pid" || true) 2>/dev/null || true
+		kill "$pid"
+		for _i in $(seq 1 300); do
+			[ -e "/proc/$pid" ] || break
+			sleep 0.1
+		done
+	fi
+	offset=$(stat -c %s "$STACK_DIR/log/mirror.log" 2>/dev/null || echo 0)
+	setsid "$DOVEADM" "$@" mailmeta watch >>"$STACK_DIR/log/mirror.log" 2>&1 </dev/null &
+	echo $! > "$MIRROR_RUN_DIR/watch.pid"
+	for _i in $(seq 1 100); do
+		if tail -c +$((offset + 1)) "$STACK_DIR/log/mirror.log" | grep -q 'mailmeta: watching'; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	echo "the watcher did not start again; see $STACK_DIR/log/mirror.log" >&2
+	return 1
+}
+watch_workers() {	# the workers the running watcher has
+	local pid n
+	pid=$(cat "$MIRROR_RUN_DIR/watch.pid")
+	n=$(pgrep -c -P "$pid" || true)
+	echo $((n > 0 ? n : 1))
+}
+
 CURRENT=stack
 restore() {
 	if ! cmp -s "$WORK/dovecot.conf.stack" "$CONF"; then
@@ -176,6 +221,10 @@ restore() {
 	resume_mirror
 	cleanup_users || true
 	restore_mail_dir
+	if [ -n "$WATCHER_RESTARTED" ]; then
+		restart_watcher || true
+		log "restarted the watcher as the stack configures it ($(watch_workers) workers)"
+	fi
 	rm -rf "$WORK"
 }
 trap restore EXIT
@@ -625,7 +674,9 @@ stamp=$(sql -c "SELECT mailmeta_id FROM mail.messages ORDER BY received_at DESC 
 { printf 'X-Mailmeta-ID: %s\n' "$stamp"; cat "$MESSAGE"; } > "$WORK/stamped.eml"
 UNSTAMPED=$MESSAGE STAMPED=$WORK/stamped.eml
 echo "message: $(pick_message | sed "s|^$CORPORA/||") without Message-ID ($(wc -c < "$UNSTAMPED") bytes); stamped: X-Mailmeta-ID: $stamp"
-echo "mail_plugins with: $PLUGINS; without: $BASE_PLUGINS; mail on $MAIL_FS; INBOX holds $MAILBOX_MESSAGES messages before a run; LMTP runs' reader: $LMTP_READER; $ROUNDS rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+WATCHER_RESTARTED=yes
+restart_watcher -o "plugin/mailmeta_watch_workers=$WATCH_WORKERS"
+echo "mail_plugins with: $PLUGINS; without: $BASE_PLUGINS; watcher workers: $(watch_workers) (mailmeta_watch_workers = ${WATCH_WORKERS:-unset}); mail on $MAIL_FS; INBOX holds $MAILBOX_MESSAGES messages before a run; LMTP runs' reader: $LMTP_READER; $ROUNDS rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 # Metadata stays when the bench deletes its users, so the stack's
 # mail.messages grows by every run; its indexes take random inserts, which
 # cost more once they outgrow shared_buffers: say how big they are.
