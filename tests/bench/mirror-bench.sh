@@ -173,33 +173,12 @@ for arm in with without; do
 done
 cp -p "$CONF" "$WORK/dovecot.conf.stack"
 
-# restart_watcher [doveadm option...]: the stack's watcher, stopped (it
-# finishes the user it is syncing) and started again as scripts/stack
-# starts it, with these options; "started" once it logs that it watches.
+# restart_watcher [doveadm option...]: the stack's watcher, started again
+# with these options, or as configured without any (scripts/stack mirror)
 MIRROR_RUN_DIR=$STACK_DIR/run/mirror
 WATCHER_RESTARTED=
 restart_watcher() {
-	local pid offset _i
-	pid=$(cat "$MIRROR_RUN_DIR/watch.pid" 2>/dev/null || true)
-	if [ -n "$pid" ] && grep -qx doveadm "/proc/$pid/comm" 2>/dev/null; then
-		kill -CONT "$pid" $(pgrep -P "$pid" || true) 2>/dev/null || true
-		kill "$pid"
-		for _i in $(seq 1 300); do
-			[ -e "/proc/$pid" ] || break
-			sleep 0.1
-		done
-	fi
-	offset=$(stat -c %s "$STACK_DIR/log/mirror.log" 2>/dev/null || echo 0)
-	setsid "$DOVEADM" "$@" mailmeta watch >>"$STACK_DIR/log/mirror.log" 2>&1 </dev/null &
-	echo $! > "$MIRROR_RUN_DIR/watch.pid"
-	for _i in $(seq 1 100); do
-		if tail -c +$((offset + 1)) "$STACK_DIR/log/mirror.log" | grep -q 'mailmeta: watching'; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	echo "the watcher did not start again; see $STACK_DIR/log/mirror.log" >&2
-	return 1
+	MAILMETA_STACK_DIR=$STACK_DIR "$SRC_DIR/scripts/stack" mirror "$@" >/dev/null
 }
 watch_workers() {	# the workers the running watcher has
 	local pid n
