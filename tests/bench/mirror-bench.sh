@@ -52,16 +52,23 @@
 #        (defaults 4000, 3, 8, 2000; IMAP_SESSIONS or IMAP_OPS 0 skips the
 #        IMAP runs; in the environment LMTP_SESSIONS=10,
 #        LMTP_KINDS="stamped unstamped", MAIL_FS=tmpfs|disk,
-#        MAILBOX_MESSAGES=0, LMTP_READER=idle|none, WATCH_WORKERS=)
+#        MAILBOX_MESSAGES=0, LMTP_READER=idle|none, WATCH_WORKERS=,
+#        CHECK_INTERVAL=)
 #
 # WATCH_WORKERS: the watcher's workers (mailmeta_watch_workers) for the
 # bench.  Empty (the default) measures what a host gets without setting
 # it: one worker per two CPUs, 1 to 4.  The stack itself runs two on any
 # machine, so that the tests see users split between workers; on a
 # 2-core host that costs more sync CPU in all than the default's one
-# (doc/mailbox-mirror.md).  The bench restarts the stack's watcher with
-# `doveadm -o plugin/mailmeta_watch_workers=...` for its runs and restarts
-# it as the stack configures it at exit.
+# (doc/mailbox-mirror.md).  CHECK_INTERVAL likewise: the watcher's drift
+# check period (mailmeta_check_interval), empty for the default, 10 min.
+# The stack checks every 30 s, so that the tests see drift repaired soon;
+# in the bench that check, overdue when a "without" run resumes the
+# watcher, synced the baseline's users in full, records and all, while
+# the bench deleted them: work of the baseline charged to the next run.
+# The bench restarts the stack's watcher with `doveadm -o
+# plugin/mailmeta_watch_workers=... -o plugin/mailmeta_check_interval=...`
+# for its runs and restarts it as the stack configures it at exit.
 #
 # MAILBOX_MESSAGES old messages are put in every run's INBOX before its
 # clock starts (indexed by Dovecot and, for "with", mirrored): delivering
@@ -115,6 +122,7 @@ MAILBOX_MESSAGES=${MAILBOX_MESSAGES:-0}
 MAIL_FS=${MAIL_FS:-tmpfs}
 LMTP_READER=${LMTP_READER:-idle}
 WATCH_WORKERS=${WATCH_WORKERS:-}
+CHECK_INTERVAL=${CHECK_INTERVAL:-}
 PYTHON=${PYTHON:-/usr/bin/python3}
 CORPORA=${MAILMETA_CORPORA:-$SRC_DIR/../shared/corpora}
 DOMAIN=mirrorbench.test
@@ -654,8 +662,9 @@ stamp=$(sql -c "SELECT mailmeta_id FROM mail.messages ORDER BY received_at DESC 
 UNSTAMPED=$MESSAGE STAMPED=$WORK/stamped.eml
 echo "message: $(pick_message | sed "s|^$CORPORA/||") without Message-ID ($(wc -c < "$UNSTAMPED") bytes); stamped: X-Mailmeta-ID: $stamp"
 WATCHER_RESTARTED=yes
-restart_watcher -o "plugin/mailmeta_watch_workers=$WATCH_WORKERS"
-echo "mail_plugins with: $PLUGINS; without: $BASE_PLUGINS; watcher workers: $(watch_workers) (mailmeta_watch_workers = ${WATCH_WORKERS:-unset}); mail on $MAIL_FS; INBOX holds $MAILBOX_MESSAGES messages before a run; LMTP runs' reader: $LMTP_READER; $ROUNDS rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+restart_watcher -o "plugin/mailmeta_watch_workers=$WATCH_WORKERS" \
+	-o "plugin/mailmeta_check_interval=$CHECK_INTERVAL"
+echo "mail_plugins with: $PLUGINS; without: $BASE_PLUGINS; watcher workers: $(watch_workers) (mailmeta_watch_workers = ${WATCH_WORKERS:-unset}), drift check every ${CHECK_INTERVAL:-10 min}; mail on $MAIL_FS; INBOX holds $MAILBOX_MESSAGES messages before a run; LMTP runs' reader: $LMTP_READER; $ROUNDS rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 # Metadata stays when the bench deletes its users, so the stack's
 # mail.messages grows by every run; its indexes take random inserts, which
 # cost more once they outgrow shared_buffers: say how big they are.
