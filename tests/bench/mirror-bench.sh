@@ -20,6 +20,9 @@
 #      each), IMAP_OPS operations each, a mix of APPEND (35 %, new messages
 #      of 2-6 KB), FETCH (30 %, BODY.PEEK[] and FLAGS), STORE (25 %) and
 #      EXPUNGE (10 %, STORE \Deleted + UID EXPUNGE): operations/s.
+#      IMAP_MIX=A:F:S:E sets other percentages (summing to 100), e.g.
+#      5:70:20:5 for a reading client's day; the default is the mix
+#      the goal is stated for.
 #
 # "Without" renders the stack's dovecot.conf with mail_plugins lacking
 # notify and mailmeta (one line after the !include of mailmeta-mirror.conf)
@@ -53,7 +56,7 @@
 #        IMAP runs; in the environment LMTP_SESSIONS=10,
 #        LMTP_KINDS="stamped unstamped", MAIL_FS=tmpfs|disk,
 #        MAILBOX_MESSAGES=0, LMTP_READER=idle|none, WATCH_WORKERS=,
-#        CHECK_INTERVAL=)
+#        CHECK_INTERVAL=, IMAP_MIX=35:30:25:10)
 #
 # WATCH_WORKERS: the watcher's workers (mailmeta_watch_workers) for the
 # bench.  Empty (the default) measures what a host gets without setting
@@ -123,6 +126,7 @@ MAIL_FS=${MAIL_FS:-tmpfs}
 LMTP_READER=${LMTP_READER:-idle}
 WATCH_WORKERS=${WATCH_WORKERS:-}
 CHECK_INTERVAL=${CHECK_INTERVAL:-}
+IMAP_MIX=${IMAP_MIX:-35:30:25:10}
 PYTHON=${PYTHON:-/usr/bin/python3}
 CORPORA=${MAILMETA_CORPORA:-$SRC_DIR/../shared/corpora}
 DOMAIN=mirrorbench.test
@@ -133,6 +137,12 @@ PASSWORD=bench-password
 . "$SRC_DIR/tests/bench/bench-lib.sh"
 
 case $LMTP_READER in idle | none) ;; *) echo "LMTP_READER is idle or none" >&2; exit 1 ;; esac
+if ! [[ "$IMAP_MIX" =~ ^([0-9]{1,3}):([0-9]{1,3}):([0-9]{1,3}):([0-9]{1,3})$ ]] ||
+	[ $((10#${BASH_REMATCH[1]} + 10#${BASH_REMATCH[2]} + 10#${BASH_REMATCH[3]} + 10#${BASH_REMATCH[4]})) -ne 100 ]; then
+	echo "IMAP_MIX is APPEND:FETCH:STORE:EXPUNGE in percent, summing to 100 (e.g. 35:30:25:10)" >&2
+	exit 1
+fi
+IFS=: read -r MIX_APPEND MIX_FETCH MIX_STORE MIX_EXPUNGE <<<"$IMAP_MIX"
 command -v bc >/dev/null || { echo "bench needs bc (apt-get install bc)" >&2; exit 1; }
 command -v smtp-source >/dev/null || { echo "bench needs smtp-source (postfix)" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || { echo "run as root (doveadm reload, /proc/PID/maps)" >&2; exit 1; }
@@ -527,6 +537,9 @@ import imaplib, multiprocessing as mp, os, random, re, sys, time
 
 host, port, password, ops = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 spool, users = sys.argv[5], sys.argv[6:]
+# percentages APPEND:FETCH:STORE:EXPUNGE -> cumulative thresholds
+MIX = [int(x) / 100 for x in os.environ["IMAP_MIX"].split(":")]
+APPEND, FETCH, STORE = MIX[0], MIX[0] + MIX[1], MIX[0] + MIX[1] + MIX[2]
 BODY = "\r\n".join("Line %d of a benchmark message, some ordinary text to make it real." % i
                    for i in range(80))
 
@@ -559,13 +572,13 @@ def session(user, ready, start, results):
     began = time.monotonic()
     for n in range(ops):
         r = rng.random()
-        if r < 0.35 or not uids:
+        if r < APPEND or not uids:
             typ, data = m.append("INBOX", rng.choice([None, "(\\Seen)"]), None,
                                  message(rng, user, n + 10))
             uids.append(int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1)))
-        elif r < 0.65:
+        elif r < FETCH:
             typ, data = m.uid("FETCH", str(rng.choice(uids)), "(FLAGS BODY.PEEK[])")
-        elif r < 0.90:
+        elif r < STORE:
             typ, data = m.uid("STORE", str(rng.choice(uids)), rng.choice(["+FLAGS", "-FLAGS"]),
                               rng.choice(["(\\Seen)", "(\\Flagged)", "($label1)"]))
         else:
@@ -620,7 +633,7 @@ imap_run() {
 		[ "$arm" = with ] || pause_mirror
 		prefill_inbox "$arm" "${users[@]}"
 		cpu0=$(cpu_snapshot)
-		if ! out=$("$PYTHON" "$WORK/imap-load.py" 127.0.0.1 "$IMAP_PORT" "$PASSWORD" "$IMAP_OPS" \
+		if ! out=$(IMAP_MIX=$IMAP_MIX "$PYTHON" "$WORK/imap-load.py" 127.0.0.1 "$IMAP_PORT" "$PASSWORD" "$IMAP_OPS" \
 			"$MIRROR_SPOOL_DIR" "${users[@]}" 2>"$WORK/imap-load.err"); then
 			log "  (IMAP run failed: $(tail -c 300 "$WORK/imap-load.err"); repeated)"
 			resume_mirror
@@ -752,7 +765,7 @@ for kind in $LMTP_KINDS; do
 		\"\${lmtp_${kind}_busy_base[*]}\" \"\${lmtp_${kind}_busy_with[*]}\""
 done
 [ "$IMAP_OPS" -gt 0 ] && [ "$IMAP_SESSIONS" -gt 0 ] || exit 0
-echo "(b) IMAP, $IMAP_SESSIONS sessions x $IMAP_OPS operations (APPEND 35 %, FETCH 30 %, STORE 25 %, EXPUNGE 10 %):"
+echo "(b) IMAP, $IMAP_SESSIONS sessions x $IMAP_OPS operations (APPEND $MIX_APPEND %, FETCH $MIX_FETCH %, STORE $MIX_STORE %, EXPUNGE $MIX_EXPUNGE %):"
 report "  IMAP" ops/s "${imap_base[*]}" "${imap_with[*]}" "${imap_raw[*]}" "${imap_catch[*]}" \
 	"${imap_cpu[*]}" operation "${imap_busy_base[*]}" "${imap_busy_with[*]}"
 echo "load average at the end $(cut -d' ' -f1-3 /proc/loadavg) (a shared machine: figures are noisy)"
