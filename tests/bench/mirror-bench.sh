@@ -377,6 +377,22 @@ machine_busy() {
 	awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" { printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / hz; exit }' /proc/stat
 }
 
+# CPU seconds of Dovecot's processes that have ended so far (imap, auth,
+# ...: the master's reaped children).  An IMAP session's process ends at
+# its logout: wait_sessions_ended waits for the run's ones (at most 5 s).
+dovecot_ended_cpu() {
+	awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($14 + $15) / hz }' \
+		"/proc/$(cat "$STACK_DIR/run/dovecot/master.pid")/stat"
+}
+imap_processes() { pgrep -c -x -P "$(cat "$STACK_DIR/run/dovecot/master.pid")" imap || true; }
+wait_sessions_ended() {	# the count of imap processes before the run
+	local i
+	for i in $(seq 100); do
+		[ "$(imap_processes)" -gt "$1" ] || return 0
+		sleep 0.05
+	done
+}
+
 # sync_cpu BEFORE AFTER -> "watcher+postgres seconds" used in between
 sync_cpu() {
 	awk -v before="$1" -v after="$2" -v watchers="$(watcher_pids)" 'BEGIN {
@@ -621,10 +637,12 @@ if __name__ == "__main__":
 PY
 
 # imap_run with|without -> "ops/s [ops/s-without-catch-up catch-up-s
-# watcher-s postgres-s] busy-ms" (busy: the machine's CPU per operation
-# while the clients ran)
+# watcher-s postgres-s] busy-ms dovecot-ms" (busy: the machine's CPU per
+# operation while the clients ran; dovecot: the CPU of Dovecot's processes
+# that served the run, per operation)
 imap_run() {
 	local arm=$1 users marks out ops secs ended busy u end cpu0 SEQ
+	local sessions0 dovecot0 dovecot
 	for _ in 1 2 3; do
 		SEQ=$(next_seq)
 		mapfile -t users < <(add_users "r$RUN_ID-i$SEQ-$arm-" "$IMAP_SESSIONS")
@@ -633,6 +651,7 @@ imap_run() {
 		[ "$arm" = with ] || pause_mirror
 		prefill_inbox "$arm" "${users[@]}"
 		cpu0=$(cpu_snapshot)
+		sessions0=$(imap_processes) dovecot0=$(dovecot_ended_cpu)
 		if ! out=$(IMAP_MIX=$IMAP_MIX "$PYTHON" "$WORK/imap-load.py" 127.0.0.1 "$IMAP_PORT" "$PASSWORD" "$IMAP_OPS" \
 			"$MIRROR_SPOOL_DIR" "${users[@]}" 2>"$WORK/imap-load.err"); then
 			log "  (IMAP run failed: $(tail -c 300 "$WORK/imap-load.err"); repeated)"
@@ -642,6 +661,8 @@ imap_run() {
 		fi
 		read -r ops secs ended busy <<<"$(head -1 <<<"$out")"
 		busy=$(echo "scale=3; 1000 * $busy / $ops" | bc)
+		wait_sessions_ended "$sessions0"
+		dovecot=$(echo "scale=3; 1000 * ($(dovecot_ended_cpu) - $dovecot0) / $ops" | bc)
 		if [ "$arm" = with ]; then
 			tail -n +2 <<<"$out" > "$WORK/counts"
 			until drained "${marks[@]}" && mirror_matches "$WORK/counts"; do
@@ -651,13 +672,13 @@ imap_run() {
 			echo "$(echo "scale=1; $ops / ($secs + $end - $ended)" | bc)" \
 			     "$(echo "scale=1; $ops / $secs" | bc)" \
 			     "$(echo "scale=2; ($end - $ended) / 1" | bc)" \
-			     "$(sync_cpu "$cpu0" "$(cpu_snapshot)")" "$busy"
+			     "$(sync_cpu "$cpu0" "$(cpu_snapshot)")" "$busy" "$dovecot"
 			for u in "${users[@]}"; do cleanup_one "$u"; done
 			return
 		fi
 		resume_mirror	# first: see lmtp_run
 		for u in "${users[@]}"; do cleanup_one "$u"; done
-		echo "$(echo "scale=1; $ops / $secs" | bc) $busy"
+		echo "$(echo "scale=1; $ops / $secs" | bc) $busy $dovecot"
 		return
 	done
 	echo "three IMAP runs in a row were disturbed" >&2; exit 1
@@ -688,6 +709,7 @@ for kind in stamped unstamped; do
 	eval "lmtp_${kind}_busy_base=() lmtp_${kind}_busy_with=()"
 done
 imap_base=() imap_with=() imap_raw=() imap_catch=() imap_cpu=() imap_busy_base=() imap_busy_with=()
+imap_dovecot_base=() imap_dovecot_with=()
 for round in $(seq 1 "$ROUNDS"); do
 	for kind in $LMTP_KINDS; do
 		if [ "$kind" = stamped ]; then MESSAGE=$STAMPED; else MESSAGE=$UNSTAMPED; fi
@@ -715,19 +737,20 @@ for round in $(seq 1 "$ROUNDS"); do
 
 	if [ $((round % 2)) -eq 1 ]; then
 		use_config without
-		read -r base bb <<<"$(imap_run without)"
+		read -r base bb db <<<"$(imap_run without)"
 		use_config with
-		read -r w d c cw cp bw <<<"$(imap_run with)"
+		read -r w d c cw cp bw dw <<<"$(imap_run with)"
 	else
 		use_config with
-		read -r w d c cw cp bw <<<"$(imap_run with)"
+		read -r w d c cw cp bw dw <<<"$(imap_run with)"
 		use_config without
-		read -r base bb <<<"$(imap_run without)"
+		read -r base bb db <<<"$(imap_run without)"
 	fi
 	imap_base+=("$base") imap_with+=("$w") imap_raw+=("$d") imap_catch+=("$c")
 	imap_busy_base+=("$bb") imap_busy_with+=("$bw")
+	imap_dovecot_base+=("$db") imap_dovecot_with+=("$dw")
 	imap_cpu+=("$(echo "scale=3; 1000 * ($cw + $cp) / ($IMAP_SESSIONS * $IMAP_OPS)" | bc)")
-	log "round $round IMAP: without $base ops/s, with $w ops/s (clients alone $d ops/s, mirror caught up $c s later; sync CPU: watcher $cw s, PostgreSQL $cp s; machine CPU per operation while the clients ran $bb ms without, $bw ms with)"
+	log "round $round IMAP: without $base ops/s, with $w ops/s (clients alone $d ops/s, mirror caught up $c s later; sync CPU: watcher $cw s, PostgreSQL $cp s; machine CPU per operation while the clients ran $bb ms without, $bw ms with; Dovecot's processes $db ms without, $dw ms with)"
 done
 
 mean2() {	# "a b c" -> their mean, two decimals
@@ -768,4 +791,7 @@ done
 echo "(b) IMAP, $IMAP_SESSIONS sessions x $IMAP_OPS operations (APPEND $MIX_APPEND %, FETCH $MIX_FETCH %, STORE $MIX_STORE %, EXPUNGE $MIX_EXPUNGE %):"
 report "  IMAP" ops/s "${imap_base[*]}" "${imap_with[*]}" "${imap_raw[*]}" "${imap_catch[*]}" \
 	"${imap_cpu[*]}" operation "${imap_busy_base[*]}" "${imap_busy_with[*]}"
+printf "  CPU of Dovecot's processes (imap, auth, ...; logins and seeding included) per operation: without %s ms (%s), with %s ms (%s)\n" \
+	"$(mean2 "${imap_dovecot_base[*]}")" "${imap_dovecot_base[*]}" \
+	"$(mean2 "${imap_dovecot_with[*]}")" "${imap_dovecot_with[*]}"
 echo "load average at the end $(cut -d' ' -f1-3 /proc/loadavg) (a shared machine: figures are noisy)"
