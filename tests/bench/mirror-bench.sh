@@ -380,11 +380,12 @@ machine_busy() {
 # CPU seconds of Dovecot's processes that have ended so far (imap, auth,
 # ...: the master's reaped children).  An IMAP session's process ends at
 # its logout: wait_sessions_ended waits for the run's ones (at most 5 s).
+dovecot_master() { cat "$STACK_DIR/run/dovecot/master.pid"; }
 dovecot_ended_cpu() {
 	awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($14 + $15) / hz }' \
-		"/proc/$(cat "$STACK_DIR/run/dovecot/master.pid")/stat"
+		"/proc/$(dovecot_master)/stat"
 }
-imap_processes() { pgrep -c -x -P "$(cat "$STACK_DIR/run/dovecot/master.pid")" imap || true; }
+imap_processes() { pgrep -c -x -P "$(dovecot_master)" imap || true; }
 wait_sessions_ended() {	# the count of imap processes before the run
 	local i
 	for i in $(seq 100); do
@@ -641,7 +642,7 @@ PY
 # operation while the clients ran; dovecot: the CPU of Dovecot's processes
 # that served the run, per operation)
 imap_run() {
-	local arm=$1 users marks out ops secs ended busy u end cpu0 SEQ
+	local arm=$1 users marks out ops secs ended busy u end cpu0 cpu1 SEQ
 	local sessions0 dovecot0 dovecot
 	for _ in 1 2 3; do
 		SEQ=$(next_seq)
@@ -661,18 +662,22 @@ imap_run() {
 		fi
 		read -r ops secs ended busy <<<"$(head -1 <<<"$out")"
 		busy=$(echo "scale=3; 1000 * $busy / $ops" | bc)
-		wait_sessions_ended "$sessions0"
-		dovecot=$(echo "scale=3; 1000 * ($(dovecot_ended_cpu) - $dovecot0) / $ops" | bc)
 		if [ "$arm" = with ]; then
 			tail -n +2 <<<"$out" > "$WORK/counts"
 			until drained "${marks[@]}" && mirror_matches "$WORK/counts"; do
 				sleep 0.05
 			done
-			end=$(now)
+			end=$(now) cpu1=$(cpu_snapshot)
+		fi
+		# after the clock: waiting for the sessions' ends must not
+		# delay the catch-up's
+		wait_sessions_ended "$sessions0"
+		dovecot=$(echo "scale=3; 1000 * ($(dovecot_ended_cpu) - $dovecot0) / $ops" | bc)
+		if [ "$arm" = with ]; then
 			echo "$(echo "scale=1; $ops / ($secs + $end - $ended)" | bc)" \
 			     "$(echo "scale=1; $ops / $secs" | bc)" \
 			     "$(echo "scale=2; ($end - $ended) / 1" | bc)" \
-			     "$(sync_cpu "$cpu0" "$(cpu_snapshot)")" "$busy" "$dovecot"
+			     "$(sync_cpu "$cpu0" "$cpu1")" "$busy" "$dovecot"
 			for u in "${users[@]}"; do cleanup_one "$u"; done
 			return
 		fi
