@@ -193,16 +193,14 @@ cp -p "$CONF" "$WORK/dovecot.conf.stack"
 
 # restart_watcher [doveadm option...]: the stack's watcher, started again
 # with these options, or as configured without any (scripts/stack mirror)
-MIRROR_RUN_DIR=$STACK_DIR/run/mirror
 WATCHER_RESTARTED=
 restart_watcher() {
 	MAILMETA_STACK_DIR=$STACK_DIR "$SRC_DIR/scripts/stack" mirror "$@" >/dev/null
 }
-watch_workers() {	# the workers the running watcher has
-	local pid n
-	pid=$(cat "$MIRROR_RUN_DIR/watch.pid")
-	n=$(pgrep -c -P "$pid" || true)
-	echo $((n > 0 ? n : 1))
+watch_workers() {	# the workers the running watcher has (watcher_pids)
+	local pids
+	read -ra pids <<<"$(watcher_pids)"
+	echo $((${#pids[@]} > 1 ? ${#pids[@]} - 1 : 1))
 }
 
 CURRENT=stack
